@@ -1,0 +1,52 @@
+# layerfs — see README.md. `make demo` runs the main job; `make test`
+# installs what the tests need and runs them all.
+
+GO       ?= go
+BIN      := bin
+FUZZTIME ?= 10s
+PKGS     := ./...
+
+.PHONY: all build test unit e2e fuzz bench lint demo deps clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/layerfs ./cmd/layerfs
+	ln -sf layerfs $(BIN)/layerfs-overlay
+
+deps:
+	./scripts/install-test-deps.sh
+
+# Unit tests, then end-to-end tests, then a short run of every fuzz target.
+test: deps lint
+	$(GO) test -count=1 -timeout 20m $(PKGS)
+	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
+
+unit: build
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /tests/)
+
+e2e: build
+	$(GO) test -count=1 -v ./tests/e2e/...
+
+# Every Fuzz target, FUZZTIME each (make fuzz FUZZTIME=10m for a long run).
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
+			echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
+
+bench: build
+	$(GO) run ./tests/bench -out docs/BENCHMARKS.md
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+demo: build
+	./scripts/demo.sh
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,219 @@
+package layertar
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/vbatts/tar-split/tar/storage"
+)
+
+// roundTrip splits data, writes each payload-bearing entry densely into a
+// directory, and reassembles. It returns the reassembled bytes.
+func roundTrip(t *testing.T, data []byte) []byte {
+	t.Helper()
+	dir := t.TempDir()
+	var meta bytes.Buffer
+	sp := NewSplitter(bytes.NewReader(data), storage.NewJSONPacker(&meta))
+	for {
+		hdr, err := sp.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("split: %v", err)
+		}
+		if hdr.Typeflag != tar.TypeReg && hdr.Typeflag != tar.TypeGNUSparse {
+			continue
+		}
+		p := filepath.Join(dir, filepath.Clean(hdr.Name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(f, sp); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	if got, want := sp.DiffID(), digest.FromBytes(data); got != want {
+		t.Fatalf("DiffID %s, want %s", got, want)
+	}
+	var out bytes.Buffer
+	open := func(name string) (*os.File, error) { return os.Open(filepath.Join(dir, filepath.Clean(name))) }
+	if err := Assemble(context.Background(), storage.NewJSONUnpacker(&meta), open, &out); err != nil {
+		t.Fatalf("assemble: %v", err)
+	}
+	return out.Bytes()
+}
+
+func gnuTar(t *testing.T, dir string, args ...string) []byte {
+	t.Helper()
+	cmd := exec.Command("tar", append(append([]string{"-C", dir, "-cf", "-"}, args...), ".")...)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("tar %v: %v", args, err)
+	}
+	return out
+}
+
+func makeTree(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	must := func(err error) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(dir, "a/b"), 0o755))
+	must(os.WriteFile(filepath.Join(dir, "a/b/small"), []byte("hello"), 0o644))
+	must(os.WriteFile(filepath.Join(dir, "empty"), nil, 0o600))
+	must(os.WriteFile(filepath.Join(dir, "big"), bytes.Repeat([]byte{1, 2, 3}, 100000), 0o644))
+	long := strings.Repeat("long-name-", 20)
+	must(os.WriteFile(filepath.Join(dir, long), []byte("long"), 0o644))
+	must(os.Symlink("a/b/small", filepath.Join(dir, "link")))
+	must(os.Link(filepath.Join(dir, "a/b/small"), filepath.Join(dir, "hard")))
+	// Sparse: holes at the start, in the middle and at the end.
+	f, err := os.Create(filepath.Join(dir, "sparse"))
+	must(err)
+	_, err = f.WriteAt([]byte("data in the middle"), 5<<20)
+	must(err)
+	_, err = f.WriteAt(bytes.Repeat([]byte("x"), 70000), 9<<20)
+	must(err)
+	must(f.Truncate(16 << 20))
+	must(f.Close())
+	return dir
+}
+
+func TestRoundTripGNUTarFormats(t *testing.T) {
+	if _, err := exec.LookPath("tar"); err != nil {
+		t.Skip("GNU tar not installed")
+	}
+	dir := makeTree(t)
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"gnu", []string{"--format=gnu"}},
+		{"gnu-sparse", []string{"--format=gnu", "--sparse"}},
+		{"pax", []string{"--format=posix"}},
+		{"pax-sparse-1.0", []string{"--format=posix", "--sparse"}},
+		{"pax-sparse-0.0", []string{"--format=posix", "--sparse", "--sparse-version=0.0"}},
+		{"pax-sparse-0.1", []string{"--format=posix", "--sparse", "--sparse-version=0.1"}},
+		{"oldgnu", []string{"--format=oldgnu"}},
+		{"ustar-no-long", []string{"--format=ustar", "--exclude=long-name-*"}},
+		{"v7-blocking", []string{"--format=v7", "--exclude=long-name-*", "-b", "1"}},
+		{"record-size", []string{"--format=gnu", "-b", "64"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data := gnuTar(t, dir, tc.args...)
+			out := roundTrip(t, data)
+			if sha256.Sum256(out) != sha256.Sum256(data) {
+				t.Fatalf("reassembled %d bytes differ from the original %d", len(out), len(data))
+			}
+		})
+	}
+}
+
+func TestRoundTripGoWriterAndTrailingGarbage(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for i, name := range []string{"one", "dir/", "dir/two", "three"} {
+		hdr := &tar.Header{Name: name, Mode: 0o644, Typeflag: tar.TypeReg, Size: int64(i * 700), Format: tar.FormatPAX,
+			PAXRecords: map[string]string{"SCHILY.xattr.user.k": "v"}}
+		if strings.HasSuffix(name, "/") {
+			hdr.Typeflag, hdr.Size = tar.TypeDir, 0
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(bytes.Repeat([]byte{byte(i)}, int(hdr.Size)))
+	}
+	tw.Close()
+	buf.Write(make([]byte, 3000)) // more zero padding than any writer needs
+	data := buf.Bytes()
+	if out := roundTrip(t, data); !bytes.Equal(out, data) {
+		t.Fatalf("reassembled %d bytes differ from %d", len(out), len(data))
+	}
+}
+
+func TestAssembleDetectsChangedFile(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(&tar.Header{Name: "f", Mode: 0o644, Size: 5})
+	tw.Write([]byte("hello"))
+	tw.Close()
+	dir := t.TempDir()
+	var meta bytes.Buffer
+	sp := NewSplitter(bytes.NewReader(buf.Bytes()), storage.NewJSONPacker(&meta))
+	for {
+		if _, err := sp.Next(); err != nil {
+			break
+		}
+	}
+	for _, tc := range []struct{ name, content string }{
+		{"same size", "jello"},
+		{"grown", "hello world"},
+		{"shrunk", "hel"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			os.WriteFile(filepath.Join(dir, "f"), []byte(tc.content), 0o644)
+			open := func(name string) (*os.File, error) { return os.Open(filepath.Join(dir, name)) }
+			err := Assemble(context.Background(), storage.NewJSONUnpacker(bytes.NewReader(meta.Bytes())), open, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), "export f") {
+				t.Fatalf("Assemble over a changed file: err = %v, want an error naming f", err)
+			}
+		})
+	}
+}
+
+func TestSplitterRejectsGarbage(t *testing.T) {
+	var meta bytes.Buffer
+	sp := NewSplitter(bytes.NewReader(bytes.Repeat([]byte("not a tar "), 100)), storage.NewJSONPacker(&meta))
+	if _, err := sp.Next(); err == nil || errors.Is(err, io.EOF) {
+		t.Fatalf("Next on garbage: %v, want a header error", err)
+	}
+}
+
+func TestParseSparseFormats(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		pax  []paxRecord
+		area string
+		want []Fragment
+	}{
+		{"0.0", []paxRecord{{"GNU.sparse.numblocks", "2"}, {"GNU.sparse.offset", "0"}, {"GNU.sparse.numbytes", "5"}, {"GNU.sparse.offset", "100"}, {"GNU.sparse.numbytes", "0"}}, "", []Fragment{{0, 5}, {100, 0}}},
+		{"0.1", []paxRecord{{"GNU.sparse.major", "0"}, {"GNU.sparse.minor", "1"}, {"GNU.sparse.map", "4096,10,8192,0"}}, "", []Fragment{{4096, 10}, {8192, 0}}},
+		{"1.0", []paxRecord{{"GNU.sparse.major", "1"}, {"GNU.sparse.minor", "0"}}, "2\n0\n3\n9000\n1\n", []Fragment{{0, 3}, {9000, 1}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, sparse, err := parsePAXSparse(tc.pax, []byte(tc.area))
+			if err != nil || !sparse {
+				t.Fatalf("sparse=%v err=%v", sparse, err)
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+			for i := range got {
+				if got[i] != tc.want[i] {
+					t.Fatalf("got %v, want %v", got, tc.want)
+				}
+			}
+		})
+	}
+	if _, _, err := parseMap1x0([]byte("3\n0\n")); err == nil {
+		t.Fatal("truncated 1.0 map accepted")
+	}
+}

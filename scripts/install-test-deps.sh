@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the programs the test suite drives (Debian/Ubuntu). Run as root;
+# as a plain user it only reports what is missing.
+set -euo pipefail
+need=()
+for pair in tar:tar gzip:gzip zstd:zstd xz:xz-utils bzip2:bzip2 setfattr:attr getfattr:attr \
+            fusermount3:fuse3 fuse-overlayfs:fuse-overlayfs umoci:umoci skopeo:skopeo; do
+	cmd=${pair%%:*} pkg=${pair#*:}
+	command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -eq 0 ]; then
+	exit 0
+fi
+mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+if [ "$(id -u)" -ne 0 ]; then
+	echo "missing test tools (install as root): ${need[*]}" >&2
+	exit 1
+fi
+echo "installing test tools: ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
