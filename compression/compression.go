@@ -64,29 +64,52 @@ func Decompress(r io.Reader) (io.ReadCloser, Format, error) {
 		return nil, None, fmt.Errorf("read stream header: %w", err)
 	}
 	f := Detect(head)
+	rc, err := open(br, f)
+	if err != nil || f == None {
+		return rc, f, err
+	}
+	return &namedErrors{rc, f}, f, nil
+}
+
+// namedErrors says which decompressor failed: "unexpected EOF" alone
+// would not tell a truncated gzip stream from a truncated tar.
+type namedErrors struct {
+	io.ReadCloser
+	format Format
+}
+
+func (n *namedErrors) Read(p []byte) (int, error) {
+	c, err := n.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("%s stream: %w", n.format, err)
+	}
+	return c, err
+}
+
+func open(br *bufio.Reader, f Format) (io.ReadCloser, error) {
 	switch f {
 	case Gzip:
 		zr, err := gzip.NewReader(br)
 		if err != nil {
-			return nil, f, fmt.Errorf("open gzip stream: %w", err)
+			return nil, fmt.Errorf("open gzip stream: %w", err)
 		}
-		return zr, f, nil
+		return zr, nil
 	case Zstd:
 		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<31))
 		if err != nil {
-			return nil, f, fmt.Errorf("open zstd stream: %w", err)
+			return nil, fmt.Errorf("open zstd stream: %w", err)
 		}
-		return zr.IOReadCloser(), f, nil
+		return zr.IOReadCloser(), nil
 	case Bzip2:
-		return io.NopCloser(bzip2.NewReader(br)), f, nil
+		return io.NopCloser(bzip2.NewReader(br)), nil
 	case Xz:
 		zr, err := xz.NewReader(br)
 		if err != nil {
-			return nil, f, fmt.Errorf("open xz stream: %w", err)
+			return nil, fmt.Errorf("open xz stream: %w", err)
 		}
-		return io.NopCloser(zr), f, nil
+		return io.NopCloser(zr), nil
 	}
-	return io.NopCloser(br), None, nil
+	return io.NopCloser(br), nil
 }
 
 // Compress wraps w so that what is written is compressed as f. Close the

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -215,5 +216,36 @@ func TestParseSparseFormats(t *testing.T) {
 	}
 	if _, _, err := parseMap1x0([]byte("3\n0\n")); err == nil {
 		t.Fatal("truncated 1.0 map accepted")
+	}
+}
+
+func TestSplitterRejectsTruncation(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(&tar.Header{Name: "a", Mode: 0o644, Size: 3})
+	tw.Write([]byte("abc"))
+	tw.WriteHeader(&tar.Header{Name: "b", Mode: 0o644, Size: 600})
+	tw.Write(bytes.Repeat([]byte("b"), 600))
+	tw.Close()
+	whole := buf.Bytes()
+	for _, cut := range []int{0, 100, 515, 700, 1024, 1536, 1600, 2048, 2560} {
+		t.Run(fmt.Sprint(cut), func(t *testing.T) {
+			sp := NewSplitter(bytes.NewReader(whole[:cut]), storage.NewJSONPacker(io.Discard))
+			var err error
+			for err == nil {
+				_, err = sp.Next()
+			}
+			if errors.Is(err, io.EOF) {
+				t.Fatalf("a tar cut at %d of %d bytes read as complete", cut, len(whole))
+			}
+		})
+	}
+	sp := NewSplitter(bytes.NewReader(whole[:2560+512]), storage.NewJSONPacker(io.Discard))
+	var err error
+	for err == nil {
+		_, err = sp.Next()
+	}
+	if !errors.Is(err, io.EOF) {
+		t.Fatalf("a tar with one end-of-archive block: %v, want io.EOF (archive/tar accepts it too)", err)
 	}
 }

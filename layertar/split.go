@@ -178,6 +178,16 @@ func (s *Splitter) flushSegment() error {
 // follows them (tar writers pad to their record size, some append more).
 func (s *Splitter) finishStream() error {
 	s.done = true
+	// archive/tar reports io.EOF for a stream cut anywhere at or after an
+	// entry's data; only the end-of-archive block proves it is complete.
+	start := s.rec.total - int64(s.rec.segment.Len())
+	skip := (blockSize - start%blockSize) % blockSize
+	if int64(s.rec.segment.Len())-skip < blockSize {
+		if s.rec.total == 0 {
+			return fmt.Errorf("the stream is empty, not a tar")
+		}
+		return fmt.Errorf("the tar is truncated: it ends without an end-of-archive block")
+	}
 	const chunk = 1 << 20
 	buf := make([]byte, 32<<10)
 	for {
