@@ -505,7 +505,9 @@ func TestImportImageWithTamperedLayerKeepsNothing(t *testing.T) {
 	data, err := os.ReadFile(filepath.Join(layout, "index.json"))
 	must(t, err)
 	must(t, json.Unmarshal(data, &index))
-	blob := func(d string) string { return filepath.Join(layout, "blobs", "sha256", strings.TrimPrefix(d, "sha256:")) }
+	blob := func(d string) string {
+		return filepath.Join(layout, "blobs", "sha256", strings.TrimPrefix(d, "sha256:"))
+	}
 	var manifest struct {
 		Layers []struct {
 			Digest string `json:"digest"`
