@@ -26,6 +26,11 @@ import (
 	"github.com/vbatts/tar-split/tar/storage"
 )
 
+// MaxSparseSize bounds the logical size of a sparse entry. Its holes cost
+// no space but are read as zeros: a tar claiming petabytes of hole would
+// keep an import busy for days.
+const MaxSparseSize = 1 << 40
+
 // recorder sits under the tar reader and sees every byte of the stream. It
 // hashes all of them (the diffID) and either keeps them as a raw segment or,
 // while an entry's payload is being read, only counts and checksums them.
@@ -101,6 +106,9 @@ func (s *Splitter) Next() (*tar.Header, error) {
 	}
 	if err := s.flushSegment(); err != nil {
 		return nil, err
+	}
+	if sparse && hdr.Size > MaxSparseSize {
+		return nil, fmt.Errorf("tar entry %q: sparse file claims %d bytes, more than the %d a layer may hold", hdr.Name, hdr.Size, int64(MaxSparseSize))
 	}
 	s.cur = hdr
 	s.curFragments = nil

@@ -1,0 +1,90 @@
+package layertar
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+
+	"github.com/vbatts/tar-split/tar/storage"
+)
+
+// FuzzSplitAssemble checks the property the store rests on: any stream the
+// splitter accepts reassembles to exactly the same bytes.
+func FuzzSplitAssemble(f *testing.F) {
+	for _, seed := range seedTars(f) {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dir := t.TempDir()
+		var meta bytes.Buffer
+		sp := NewSplitter(bytes.NewReader(data), storage.NewJSONPacker(&meta))
+		// Payloads go to files named by entry number: names in fuzzed
+		// input may be anything.
+		names := map[string]string{}
+		for i := 0; ; i++ {
+			hdr, err := sp.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return // rejected input: nothing to reassemble
+			}
+			if hdr.Size > 1<<20 {
+				return // keep executions fast; sizes are not the point here
+			}
+			p := filepath.Join(dir, strconv.Itoa(i))
+			fh, err := os.Create(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.Copy(fh, sp); err != nil {
+				fh.Close()
+				return
+			}
+			fh.Close()
+			if _, dup := names[hdr.Name]; dup {
+				t.Fatalf("duplicate name %q passed the splitter", hdr.Name)
+			}
+			names[hdr.Name] = p
+		}
+		var out bytes.Buffer
+		open := func(name string) (*os.File, error) { return os.Open(names[name]) }
+		if err := Assemble(context.Background(), storage.NewJSONUnpacker(&meta), open, &out); err != nil {
+			t.Fatalf("accepted stream does not reassemble: %v", err)
+		}
+		if !bytes.Equal(out.Bytes(), data) {
+			t.Fatalf("reassembled %d bytes differ from the %d accepted", out.Len(), len(data))
+		}
+	})
+}
+
+func seedTars(f *testing.F) [][]byte {
+	var seeds [][]byte
+	for _, format := range []tar.Format{tar.FormatUSTAR, tar.FormatPAX, tar.FormatGNU} {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		tw.WriteHeader(&tar.Header{Name: "d/", Typeflag: tar.TypeDir, Mode: 0o755, Format: format})
+		tw.WriteHeader(&tar.Header{Name: "d/f", Mode: 0o644, Size: 5, Format: format})
+		tw.Write([]byte("hello"))
+		tw.WriteHeader(&tar.Header{Name: "l", Typeflag: tar.TypeSymlink, Linkname: "d/f", Format: format})
+		tw.Close()
+		seeds = append(seeds, buf.Bytes())
+	}
+	// A GNU sparse file in PAX 0.1 form, hand-built: archive/tar no
+	// longer writes sparse files.
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(&tar.Header{Name: "s", Mode: 0o644, Size: 4, Format: tar.FormatPAX, PAXRecords: map[string]string{
+		"GNU.sparse.major": "0", "GNU.sparse.minor": "1", "GNU.sparse.map": "0,2,1000,2", "GNU.sparse.size": "1002", "GNU.sparse.name": "s",
+	}})
+	tw.Write([]byte("abcd"))
+	tw.Close()
+	seeds = append(seeds, buf.Bytes())
+	return seeds
+}
