@@ -438,3 +438,52 @@ func TestGCRemovesOrphanDirs(t *testing.T) {
 		t.Fatalf("after GC: %v", problems)
 	}
 }
+
+func TestRootlessStoreKeepsOwnershipInXattrs(t *testing.T) {
+	ctx := context.Background()
+	rootless := true
+	s, err := Open(ctx, filepath.Join(t.TempDir(), "store"), Options{Rootless: &rootless})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Config().Rootless || s.Namespace().String() != "user" {
+		t.Fatalf("config %+v", s.Config())
+	}
+	sample, _ := imagegen.SampleLayers()
+	base, _, err := s.Register(ctx, bytes.NewReader(sample[0]), RegisterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	change, _, err := s.Register(ctx, bytes.NewReader(sample[1]), RegisterOptions{Parent: base.ChainID.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !change.Rootless || change.XattrNamespace != "user" {
+		t.Fatalf("layer record %+v", change)
+	}
+	for _, tc := range []struct{ path, want string }{
+		{"home/user/notes.txt", "1000:1000:0644:file"},
+		{"bin/tool", "0:0:04755:file"},
+		{"nobody", "65534:65534:0755:dir"},
+	} {
+		buf := make([]byte, 64)
+		n, err := unix.Lgetxattr(filepath.Join(s.DiffDir(base.ChainID), tc.path), "user.containers.override_stat", buf)
+		if err != nil || string(buf[:n]) != tc.want {
+			t.Fatalf("%s: override_stat %q %v, want %q", tc.path, buf[:max(n, 0)], err, tc.want)
+		}
+	}
+	buf := make([]byte, 8)
+	n, err := unix.Lgetxattr(filepath.Join(s.DiffDir(change.ChainID), "var/cache"), "user.overlay.opaque", buf)
+	if err != nil || string(buf[:n]) != "y" {
+		t.Fatalf("opaque marker in a rootless store: %q %v", buf[:max(n, 0)], err)
+	}
+	for _, l := range []*Layer{base, change} {
+		var out bytes.Buffer
+		if _, err := s.Export(ctx, l.ChainID.String(), &out, compression.None); err != nil {
+			t.Fatal(err)
+		}
+		if digest.FromBytes(out.Bytes()) != l.DiffID {
+			t.Fatalf("rootless layer %s does not export bit for bit", l.ChainID)
+		}
+	}
+}
