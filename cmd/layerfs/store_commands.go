@@ -25,38 +25,39 @@ import (
 
 var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON"}
 
-// progress wraps r in a progress bar on stderr when stderr is a terminal;
-// otherwise it returns r untouched and prints nothing extra.
-func progress(r io.Reader, total int64, what string) (io.Reader, func()) {
+// newBar returns a byte progress bar on stderr, or nil when stderr is not a
+// terminal (then nothing extra is printed).
+func newBar(total int64, what string) *progressbar.ProgressBar {
 	if !term.IsTerminal(int(os.Stderr.Fd())) {
-		return r, func() {}
+		return nil
 	}
-	bar := progressbar.NewOptions64(total,
+	return progressbar.NewOptions64(total,
 		progressbar.OptionSetDescription(what),
 		progressbar.OptionSetWriter(os.Stderr),
 		progressbar.OptionShowBytes(true),
-		progressbar.OptionShowTotalBytes(true),
+		progressbar.OptionShowCount(),
 		progressbar.OptionThrottle(100*time.Millisecond),
 		progressbar.OptionClearOnFinish(),
 		progressbar.OptionSetWidth(30),
 	)
+}
+
+// progress counts what is read from r on a progress bar.
+func progress(r io.Reader, total int64, what string) (io.Reader, func()) {
+	bar := newBar(total, what)
+	if bar == nil {
+		return r, func() {}
+	}
 	pr := progressbar.NewReader(r, bar)
 	return &pr, func() { bar.Finish() }
 }
 
+// progressWriter counts what is written to w on a progress bar.
 func progressWriter(w io.Writer, total int64, what string) (io.Writer, func()) {
-	if !term.IsTerminal(int(os.Stderr.Fd())) {
+	bar := newBar(total, what)
+	if bar == nil {
 		return w, func() {}
 	}
-	bar := progressbar.NewOptions64(total,
-		progressbar.OptionSetDescription(what),
-		progressbar.OptionSetWriter(os.Stderr),
-		progressbar.OptionShowBytes(true),
-		progressbar.OptionShowTotalBytes(true),
-		progressbar.OptionThrottle(100*time.Millisecond),
-		progressbar.OptionClearOnFinish(),
-		progressbar.OptionSetWidth(30),
-	)
 	return io.MultiWriter(w, bar), func() { bar.Finish() }
 }
 
@@ -91,6 +92,9 @@ func importCommand() *cli.Command {
 				return err
 			}
 			name := c.Args().First()
+			if name == "-" && term.IsTerminal(int(os.Stdin.Fd())) {
+				return fmt.Errorf("import: stdin is a terminal; pipe a tar into it or name a FILE")
+			}
 			var in io.Reader = os.Stdin
 			total := int64(-1)
 			if name != "-" {
