@@ -15,19 +15,36 @@
 // Hardlinks must name a non-directory entry that this same tar applied
 // earlier. They are made with linkat without AT_SYMLINK_FOLLOW, so a
 // hardlink to a symlink entry links the symlink itself (as tar -x and
-// ostree-made images expect), never what it points to.
+// ostree-made images expect), never what it points to. A hardlink entry's
+// own owner, mode, times and xattrs are ignored: the inode keeps those of
+// the entry it links to, as with tar -x.
+//
+// Times: mtimes and atimes (the PAX atime, else the mtime) are set with
+// nanoseconds, symlinks included; directories get theirs in a final pass,
+// deepest first, after everything inside them exists. Directories the tar
+// never named but that its paths need are created 0755, owned by the
+// caller, and keep the time of their creation.
+//
+// Whiteouts: ".wh.NAME" becomes a 0/0 character device NAME unless the tar
+// also holds NAME itself (before or after): OCI whiteouts only hide lower
+// layers, so the layer's own entry wins. ".wh..wh..opq" and a tar's own
+// trusted/user.overlay.opaque="y" on a directory set the opaque xattr of
+// Options.OpaqueNamespace. Other overlay and layerfs private xattrs in a
+// tar are skipped with a warning.
 //
 // Rootless (Options.Rootless): nothing is chowned. The tar's owner, group,
 // full mode and type go into the user.containers.override_stat xattr of
 // every entry except symlinks, FIFOs and 0/0 character devices: Linux
 // refuses user.* xattrs on anything but regular files and directories, so
-// their owner (and a FIFO's setuid/setgid/sticky bits) are lost, with a
-// warning when they were not 0:0. Whiteouts have no metadata of their
-// own and get no record either. Implicitly created parent directories get "0:0:0755:dir" so
-// they look the same as in a privileged import. On disk, files keep
-// mode|0600 and directories mode|0700 without setuid, setgid or sticky (they
-// live only in the xattr); character and block devices other than 0/0
-// become empty 0600 regular files whose xattr records the device.
+// their owner (and a FIFO's setuid/setgid/sticky bits) are lost; FIFOs and
+// devices log a warning when that loses something. Whiteouts have no
+// metadata of their own and get no record. Implicitly created parent
+// directories get "0:0:0755:dir", as a privileged import would show them.
+// On disk, files keep mode|0600 and directories mode|0700, without setuid,
+// setgid or sticky (those live only in the xattr); character and block
+// devices other than 0/0 become empty 0600 regular files whose xattr
+// records the device. security.* and trusted.* xattrs the kernel refuses
+// (EPERM) are skipped with a warning.
 //
 // The caller syncs: no file is fsynced here.
 package apply
@@ -185,6 +202,9 @@ func (a *applier) entry(hdr *tar.Header) error {
 	}
 	a.res.Entries++
 	parent, base := splitName(name)
+	if err := checkID(hdr); err != nil {
+		return fmt.Errorf("apply %s: %w", hdr.Name, err)
+	}
 
 	if name == "" {
 		if !isDirType(hdr) {
@@ -193,7 +213,7 @@ func (a *applier) entry(hdr *tar.Header) error {
 		if _, err := a.drain(hdr.Name); err != nil {
 			return err
 		}
-		return a.dirMeta(hdr.Name, "", node{pfd: -1, fd: a.root}, hdr)
+		return a.dirMeta("", node{pfd: -1, fd: a.root}, hdr)
 	}
 
 	switch e := whiteout.ClassifyName(base); e.Kind {
@@ -208,18 +228,13 @@ func (a *applier) entry(hdr *tar.Header) error {
 	if prev, ok := a.seen[name]; ok && !(prev.isDir() && isDirType(hdr)) {
 		return fmt.Errorf("apply %s: duplicate entry %s", hdr.Name, name)
 	}
-	if err := checkID(hdr); err != nil {
-		return fmt.Errorf("apply %s: %w", hdr.Name, err)
-	}
 
+	if isDirType(hdr) {
+		return a.dir(hdr, name, parent, base)
+	}
 	switch hdr.Typeflag {
 	case tar.TypeReg, tar.TypeRegA, tar.TypeCont, tar.TypeGNUSparse:
-		if strings.HasSuffix(hdr.Name, "/") && hdr.Typeflag == tar.TypeRegA {
-			return a.dir(hdr, name, parent, base)
-		}
 		return a.file(hdr, name, parent, base)
-	case tar.TypeDir, typeGNUDumpdir:
-		return a.dir(hdr, name, parent, base)
 	case tar.TypeSymlink:
 		return a.symlink(hdr, name, parent, base)
 	case tar.TypeLink:
@@ -239,7 +254,14 @@ func (a *applier) entry(hdr *tar.Header) error {
 const typeGNUDumpdir = 'D'
 
 func isDirType(hdr *tar.Header) bool {
-	return hdr.Typeflag == tar.TypeDir || hdr.Typeflag == typeGNUDumpdir
+	switch hdr.Typeflag {
+	case tar.TypeDir, typeGNUDumpdir:
+		return true
+	case tar.TypeRegA:
+		// Pre-POSIX archives mark directories with a trailing slash only.
+		return strings.HasSuffix(hdr.Name, "/")
+	}
+	return false
 }
 
 func checkID(hdr *tar.Header) error {
@@ -285,12 +307,18 @@ func (a *applier) dir(hdr *tar.Header, name, parent, base string) error {
 		}
 	}
 	a.seen[name] = kindDir
-	return a.dirMeta(hdr.Name, name, node{pfd: pfd, base: base, fd: -1}, hdr)
+	fd, err := unix.Openat(pfd, base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("apply %s: open directory: %w", hdr.Name, err)
+	}
+	err = a.dirMeta(name, node{pfd: pfd, base: base, fd: fd}, hdr)
+	unix.Close(fd)
+	return err
 }
 
 // dirMeta applies a directory entry's metadata now and keeps its times for
 // finish, once everything inside it exists.
-func (a *applier) dirMeta(entry, name string, n node, hdr *tar.Header) error {
+func (a *applier) dirMeta(name string, n node, hdr *tar.Header) error {
 	if err := a.meta(hdr, n, unix.S_IFDIR, 0); err != nil {
 		return err
 	}
@@ -364,13 +392,13 @@ func (a *applier) special(hdr *tar.Header, name, parent, base string, ifmt uint3
 	if _, err := a.drain(hdr.Name); err != nil {
 		return err
 	}
-	// mknod takes a 32-bit dev_t: 12 bits of major, 20 of minor. Larger
-	// numbers would be silently truncated into another device.
-	if hdr.Devmajor < 0 || hdr.Devmajor > 0xfff || hdr.Devminor < 0 || hdr.Devminor > 0xf_ffff {
-		return fmt.Errorf("apply %s: device number %d:%d out of range", hdr.Name, hdr.Devmajor, hdr.Devminor)
-	}
 	var rdev uint64
 	if ifmt != unix.S_IFIFO {
+		// mknod takes a 32-bit dev_t: 12 bits of major, 20 of minor.
+		// Larger numbers would be silently truncated into another device.
+		if hdr.Devmajor < 0 || hdr.Devmajor > 0xfff || hdr.Devminor < 0 || hdr.Devminor > 0xf_ffff {
+			return fmt.Errorf("apply %s: device number %d:%d out of range", hdr.Name, hdr.Devmajor, hdr.Devminor)
+		}
 		rdev = unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))
 	}
 	pfd, err := a.dirFd(hdr.Name, parent, true)

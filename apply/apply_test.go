@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -504,5 +505,156 @@ func TestCleanName(t *testing.T) {
 		if tt.bad != (err != nil) || got != tt.want {
 			t.Errorf("cleanName(%q) = %q, %v; want %q, bad=%v", tt.in, got, err, tt.want, tt.bad)
 		}
+	}
+}
+
+// TestLegacyTypes feeds headers archive/tar passes through from old or
+// GNU-specific archives.
+func TestLegacyTypes(t *testing.T) {
+	testutil.NeedRoot(t)
+	s := newSandbox(t)
+	src := &fakeSource{ents: []ent{
+		{hdr: tar.Header{Typeflag: tar.TypeRegA, Name: "olddir/", Mode: 0o750}},
+		{hdr: tar.Header{Typeflag: tar.TypeRegA, Name: "olddir/oldfile", Mode: 0o640, Size: 3}, body: "old"},
+		{hdr: tar.Header{Typeflag: tar.TypeCont, Name: "contiguous", Mode: 0o600, Size: 4}, body: "cont"},
+		{hdr: tar.Header{Typeflag: 'D', Name: "dumpdir/", Mode: 0o700, Size: 9}, body: "Yfoo\x00\x00abc"},
+		{hdr: tar.Header{Typeflag: tar.TypeRegA, Name: "olddir/", Mode: 0o755}},
+	}}
+	if _, err := Apply(context.Background(), src, s.layer, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		path string
+		mode uint32
+		data string
+	}{
+		{"olddir", unix.S_IFDIR | 0o755, ""},
+		{"olddir/oldfile", unix.S_IFREG | 0o640, "old"},
+		{"contiguous", unix.S_IFREG | 0o600, "cont"},
+		{"dumpdir", unix.S_IFDIR | 0o700, ""},
+	} {
+		p := filepath.Join(s.layer, c.path)
+		if st := lstat(t, p); st.Mode != c.mode {
+			t.Errorf("%s: mode %o, want %o", c.path, st.Mode, c.mode)
+		}
+		if c.data != "" {
+			if b, _ := os.ReadFile(p); string(b) != c.data {
+				t.Errorf("%s: content %q, want %q", c.path, b, c.data)
+			}
+		}
+	}
+	if src.r.Len() != 0 {
+		t.Errorf("last entry's content not read")
+	}
+}
+
+func TestChmodNoFollowRefusesSymlink(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "target")
+	if err := os.WriteFile(target, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(dfd)
+	err = chmodNoFollow(dfd, "link", 0o777)
+	var u unix.Utsname
+	unix.Uname(&u)
+	if st := lstat(t, target); st.Mode&0o777 != 0o644 {
+		// Only kernels without fchmodat2 (< 6.6) may follow.
+		t.Logf("kernel %s", unix.ByteSliceToString(u.Release[:]))
+		t.Errorf("chmod followed the symlink: target mode %o (err %v)", st.Mode&0o777, err)
+	}
+	if err == nil {
+		t.Errorf("chmodNoFollow on a symlink succeeded")
+	}
+	if err := chmodNoFollow(dfd, "target", 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if st := lstat(t, target); st.Mode&0o777 != 0o600 {
+		t.Errorf("target mode %o, want 0600", st.Mode&0o777)
+	}
+}
+
+// TestConcurrentSymlinkSwap goes beyond the tar threat model: another
+// process keeps swapping a directory of the layer for a symlink to the
+// outside while Apply fills it. Apply may fail; it must never write
+// outside.
+func TestConcurrentSymlinkSwap(t *testing.T) {
+	testutil.NeedRoot(t)
+	s := newSandbox(t)
+	ents := []ent{dirE("d")}
+	for i := 0; i < 400; i++ {
+		ents = append(ents, reg(fmt.Sprintf("d/f%03d", i), "x"),
+			ent{hdr: tar.Header{Typeflag: tar.TypeFifo, Name: fmt.Sprintf("d/p%03d", i), Mode: 0o777, Uid: 4321}},
+			dirE(fmt.Sprintf("d/sub%03d", i)))
+	}
+	data := buildTar(t, ents...)
+	d, moved := filepath.Join(s.layer, "d"), filepath.Join(s.layer, "moved")
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() {
+		swaps := 0
+		for {
+			select {
+			case <-stop:
+				done <- swaps
+				return
+			default:
+			}
+			if os.Rename(d, moved) == nil {
+				if os.Symlink(s.outside, d) == nil {
+					swaps++
+					os.Remove(d)
+				}
+				os.Rename(moved, d)
+			}
+			// Swap single names too: a FIFO for a symlink to the canary.
+			for i := 0; i < 400; i += 37 {
+				p := filepath.Join(d, fmt.Sprintf("p%03d", i))
+				if os.Remove(p) == nil {
+					os.Symlink(filepath.Join(s.outside, "canary"), p)
+				}
+			}
+		}
+	}()
+	_, err := Apply(context.Background(), tar.NewReader(bytes.NewReader(data)), s.layer, Options{})
+	close(stop)
+	swaps := <-done
+	t.Logf("apply under attack: err=%v, %d directory swaps", err, swaps)
+	s.checkOutside(t)
+}
+
+// cancelAfter cancels its context when the n-th entry is asked for.
+type cancelAfter struct {
+	Source
+	n      int
+	cancel context.CancelFunc
+}
+
+func (c *cancelAfter) Next() (*tar.Header, error) {
+	if c.n--; c.n == 0 {
+		c.cancel()
+	}
+	return c.Source.Next()
+}
+
+func TestContextCancelledBetweenEntries(t *testing.T) {
+	s := newSandbox(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	src := &cancelAfter{Source: tar.NewReader(bytes.NewReader(buildTar(t, reg("one", "1"), reg("two", "2"), reg("three", "3")))), n: 2, cancel: cancel}
+	res, err := Apply(ctx, src, s.layer, Options{})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	// "two" was already handed out when the cancel came; "three" never is.
+	if got := listTree(t, s.layer); !slices.Equal(got, []string{"one", "two"}) || res.Entries != 2 {
+		t.Errorf("applied %v (%d entries), want [one two]", got, res.Entries)
 	}
 }

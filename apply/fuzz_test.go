@@ -7,6 +7,8 @@ import (
 	"errors"
 	"io"
 	"testing"
+
+	"github.com/layerfs/layerfs/whiteout"
 )
 
 // boundedSource stops a fuzz input after a budget of content bytes: a
@@ -44,19 +46,23 @@ func FuzzApply(f *testing.F) {
 		{reg("../../outside/canary", "pwned")},
 		{dirE("./"), reg("a/b/c/d", "deep"), dirE("a/b")},
 	}
-	for _, s := range seeds {
-		f.Add(buildTar(f, s...))
+	for i, s := range seeds {
+		f.Add(buildTar(f, s...), i%2 == 1)
 	}
 	// A GNU-style sparse header as archive/tar writes PAX sparse records.
 	f.Add(buildTar(f, ent{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "sp", Format: tar.FormatPAX,
-		PAXRecords: map[string]string{"GNU.sparse.map": "0,1", "GNU.sparse.size": "100000"}}}))
-	f.Add([]byte{})
-	f.Add(make([]byte, 1024))
+		PAXRecords: map[string]string{"GNU.sparse.map": "0,1", "GNU.sparse.size": "100000"}}}), false)
+	f.Add([]byte{}, false)
+	f.Add(make([]byte, 1024), true)
 
-	f.Fuzz(func(t *testing.T, data []byte) {
+	f.Fuzz(func(t *testing.T, data []byte, rootless bool) {
 		s := newSandboxIn(t, memTempDir(t))
 		src := &boundedSource{Source: tar.NewReader(bytes.NewReader(data)), left: 16 << 20}
-		_, err := Apply(context.Background(), src, s.layer, Options{})
+		opts := Options{Rootless: rootless}
+		if rootless {
+			opts.OpaqueNamespace = whiteout.User
+		}
+		_, err := Apply(context.Background(), src, s.layer, opts)
 		if err != nil && errors.Is(err, io.ErrShortWrite) {
 			t.Errorf("short write: %v", err)
 		}

@@ -151,9 +151,16 @@ func snapshot(t testing.TB, root, skip string) map[string]string {
 	return m
 }
 
+// applyBytes applies a tar held in memory and fails the test if Apply ever
+// asked for the next entry before reading the current one to io.EOF.
 func applyBytes(t testing.TB, data []byte, dir string, opts Options) (Result, error) {
 	t.Helper()
-	return Apply(context.Background(), tar.NewReader(bytes.NewReader(data)), dir, opts)
+	dc := &drainCheck{src: tar.NewReader(bytes.NewReader(data))}
+	res, err := Apply(context.Background(), dc, dir, opts)
+	if len(dc.violation) > 0 {
+		t.Errorf("Next called before the content of %v was read to EOF", dc.violation)
+	}
+	return res, err
 }
 
 func lstat(t testing.TB, p string) unix.Stat_t {

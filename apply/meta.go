@@ -15,9 +15,9 @@ import (
 )
 
 // node names an object the applier just created: by descriptor when it
-// holds one (fd >= 0), else by name in the parent directory pfd. The name
-// form is only used on objects made by this apply, which nothing replaces,
-// so the calls that would follow a final symlink are never given one.
+// holds one (fd >= 0: regular files, directories), else by name in the
+// parent directory pfd (symlinks, FIFOs, devices), with calls that never
+// follow a symlink at that name.
 type node struct {
 	pfd         int
 	base        string
@@ -36,7 +36,27 @@ func (n node) chmod(mode uint32) error {
 	if n.fd >= 0 {
 		return unix.Fchmod(n.fd, mode)
 	}
-	return unix.Fchmodat(n.pfd, n.base, mode, 0)
+	return chmodNoFollow(n.pfd, n.base, mode)
+}
+
+// chmodNoFollow is fchmodat2(AT_SYMLINK_NOFOLLOW) (Linux >= 6.6), so even a
+// name swapped for a symlink behind our back is never followed. Older
+// kernels (or seccomp filters that answer EPERM for syscalls they do not
+// know) get plain fchmodat, which is still safe against the tar itself:
+// nothing the tar does can replace an object this apply just made.
+func chmodNoFollow(dirfd int, name string, mode uint32) error {
+	p, err := unix.BytePtrFromString(name)
+	if err != nil {
+		return err
+	}
+	_, _, e := unix.Syscall6(unix.SYS_FCHMODAT2, uintptr(dirfd), uintptr(unsafe.Pointer(p)), uintptr(mode), unix.AT_SYMLINK_NOFOLLOW, 0, 0)
+	switch e {
+	case 0:
+		return nil
+	case unix.ENOSYS, unix.EPERM:
+		return unix.Fchmodat(dirfd, name, mode, 0)
+	}
+	return e
 }
 
 func (n node) setxattr(name, value string) error {
@@ -138,8 +158,8 @@ func (a *applier) xattrs(hdr *tar.Header, n node, ifmt uint32) error {
 			}
 		}
 	}
-	//lint:ignore SA1019 headers built by hand may carry only Xattrs.
-	for name, v := range hdr.Xattrs { //nolint:staticcheck
+	// Deprecated, but headers built by hand may carry only this field.
+	for name, v := range hdr.Xattrs {
 		if _, dup := hdr.PAXRecords[paxXattrPrefix+name]; dup {
 			continue
 		}
