@@ -433,6 +433,20 @@ func (s *Store) Users(id digest.Digest) ([]string, error) {
 			}
 		}
 	}
+	views, err := s.viewUsers(id)
+	if err != nil {
+		return nil, err
+	}
+	users = append(users, views...)
+	mounts, err := s.Mounts()
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range mounts {
+		if m.View == "" && m.Layer == id {
+			users = append(users, "mount "+m.Target)
+		}
+	}
 	sort.Strings(users)
 	return users, nil
 }
@@ -462,21 +476,10 @@ func (s *Store) DeleteLayer(ctx context.Context, ref string) (digest.Digest, err
 	return l.ChainID, nil
 }
 
-// removeLayerLocked moves the layer out of layers/ in one rename (so it
-// vanishes atomically) and deletes it from tmp/. Callers hold the lock.
+// removeLayerLocked removes a layer dir in one rename. Callers hold the
+// lock.
 func (s *Store) removeLayerLocked(id digest.Digest) error {
-	trash, err := os.MkdirTemp(s.tmpDir(), "trash-")
-	if err != nil {
-		return fmt.Errorf("remove layer %s: %w", id, err)
-	}
-	if err := os.Rename(s.layerDir(id), filepath.Join(trash, "layer")); err != nil {
-		os.Remove(trash)
-		return fmt.Errorf("remove layer %s: %w", id, err)
-	}
-	if err := syncDir(filepath.Join(s.root, layersDir)); err != nil {
-		return err
-	}
-	if err := os.RemoveAll(trash); err != nil {
+	if err := s.removeDirLocked(s.layerDir(id)); err != nil {
 		return fmt.Errorf("remove layer %s: %w", id, err)
 	}
 	return nil

@@ -17,6 +17,9 @@ import (
 )
 
 func main() {
+	if invokedAs(os.Args[0], overlayName) {
+		os.Exit(runOverlay(os.Args[1:], os.Stderr))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	app := newApp()
 	err := app.RunContext(ctx, flagsFirst(app, os.Args))
@@ -48,6 +51,12 @@ func newApp() *cli.App {
 			rmiCommand(),
 			checkCommand(),
 			gcCommand(),
+			createCommand(),
+			viewsCommand(),
+			rmViewCommand(),
+			mountCommand(),
+			umountCommand(),
+			mountsCommand(),
 		},
 	}
 }

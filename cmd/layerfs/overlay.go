@@ -1,0 +1,176 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/layerfs/layerfs/daemon"
+	"github.com/layerfs/layerfs/fusefs"
+	"github.com/layerfs/layerfs/kernel/overlay"
+	"github.com/layerfs/layerfs/overlayopts"
+)
+
+// overlayName is the name under which the binary speaks fuse-overlayfs's
+// command line (install a symlink or a copy under that name).
+const overlayName = "layerfs-overlay"
+
+const overlayUsage = `usage: layerfs-overlay [-f] [-d] -o lowerdir=DIR[:DIR...][,upperdir=DIR,workdir=DIR][,OPTION...] MOUNTPOINT
+       layerfs-overlay SOURCE MOUNTPOINT -o OPTIONS     (as mount -t fuse.layerfs-overlay runs it)
+
+A drop-in for fuse-overlayfs: mounts the layerfs union of the lower
+directories (top first) with the upper and work directories, goes to the
+background once the mount is ready, and is unmounted with umount or
+fusermount3 -u. Without upperdir the view is read-only.
+
+Options (fuse-overlayfs's, same meaning): lowerdir (\: escapes a colon),
+upperdir, workdir, uidmapping=C:H:N[:C:H:N...], gidmapping, squash_to_root,
+squash_to_uid=N, squash_to_gid=N, xattr_permissions=0|1|2, timeout=SECS,
+fsync=0, volatile, noxattrs=1, redirect_dir=..., debug, ro, rw, allow_other,
+suid, nosuid, dev, nodev, exec, noexec, noatime, lazytime (and the other
+generic mount options). Accepted and ignored: fast_ino, threaded, writeback,
+static_nlink, noacl, plugins. layerfs adds driver=fuse|kernel|auto.
+
+  -f   stay in the foreground
+  -d   debug: log every request, stay in the foreground
+`
+
+// runOverlay is main for the layerfs-overlay name.
+func runOverlay(args []string, stderr io.Writer) int {
+	c, err := overlayopts.Parse(args)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n\n%s", overlayName, err, overlayUsage)
+		return 2
+	}
+	if c.Help {
+		fmt.Fprint(stderr, overlayUsage)
+		return 0
+	}
+	if c.Version {
+		fmt.Fprintf(stderr, "%s (layerfs)\n", overlayName)
+		return 0
+	}
+	if err := serveOverlay(c, args, stderr); err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", overlayName, err)
+		return 1
+	}
+	return 0
+}
+
+func serveOverlay(c *overlayopts.Command, args []string, stderr io.Writer) error {
+	notifier := daemon.FromEnv()
+	if !c.Foreground && notifier == nil && c.Driver != overlayopts.DriverKernel {
+		// Check what can be checked before going to the background, so
+		// the common mistakes are reported by the command itself.
+		if err := checkDirs(c); err != nil {
+			return err
+		}
+		_, err := daemon.Start(args, nil, "")
+		return err
+	}
+	level := slog.LevelWarn
+	if c.Options.Debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	useKernel, why := chooseDriver(c)
+	if c.Driver == overlayopts.DriverAuto {
+		log.Info("driver chosen", "kernel", useKernel, "why", why)
+	}
+	if useKernel {
+		// The kernel keeps the mount: nothing to serve.
+		_, err := overlay.Mount(c.Mountpoint, kernelOptions(c))
+		if err != nil {
+			err = fmt.Errorf("kernel overlay mount of %s: %w", c.Mountpoint, err)
+			notifier.Fail(err)
+			return err
+		}
+		notifier.Ready()
+		return nil
+	}
+	opts := c.Options
+	opts.Logger = log
+	srv, err := fusefs.Mount(c.Mountpoint, opts)
+	if err != nil {
+		notifier.Fail(err)
+		return err
+	}
+	notifier.Ready()
+	daemon.ServeUntilSignal(srv, func(format string, a ...any) { log.Warn(fmt.Sprintf(format, a...)) })
+	return nil
+}
+
+// chooseDriver decides between the kernel and the union for c.Driver, and
+// says why.
+func chooseDriver(c *overlayopts.Command) (kernel bool, why string) {
+	switch c.Driver {
+	case overlayopts.DriverKernel:
+		return true, "driver=kernel"
+	case overlayopts.DriverFuse:
+		return false, "driver=fuse"
+	}
+	dir := c.Options.Upper
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	probe := overlay.Supported(overlay.ProbeOptions{Dir: filepath.Dir(dir), Options: kernelOptions(c), LowersOnly: c.Options.Upper == ""})
+	if probe.OK {
+		return true, "the kernel overlay probe passed"
+	}
+	return false, probe.Reason
+}
+
+// kernelOptions maps the command onto kernel overlayfs: the features that
+// make lower-directory renames and hardlinks work, userxattr inside a user
+// namespace.
+func kernelOptions(c *overlayopts.Command) overlay.Options {
+	o := c.Options
+	userns := overlay.InUserNamespace()
+	ko := overlay.Options{
+		Lowers:       o.Lowers,
+		Upper:        o.Upper,
+		Work:         o.Work,
+		ReadOnly:     o.ReadOnly,
+		UserXattr:    userns,
+		RedirectDir:  !userns,
+		Index:        !userns && o.Upper != "",
+		ExtraOptions: o.ExtraMountOptions,
+	}
+	if c.Volatile && o.Upper != "" {
+		ko.ExtraOptions = append(ko.ExtraOptions, "volatile")
+	}
+	return ko
+}
+
+// checkDirs reports missing directories by name.
+func checkDirs(c *overlayopts.Command) error {
+	check := func(what, dir string) error {
+		st, err := os.Stat(dir)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", what, dir, err)
+		}
+		if !st.IsDir() {
+			return fmt.Errorf("%s %s: not a directory", what, dir)
+		}
+		return nil
+	}
+	for _, l := range c.Options.Lowers {
+		if err := check("lowerdir", l); err != nil {
+			return err
+		}
+	}
+	if c.Options.Upper != "" {
+		if err := check("upperdir", c.Options.Upper); err != nil {
+			return err
+		}
+		if err := check("workdir", c.Options.Work); err != nil {
+			return err
+		}
+	}
+	return check("mountpoint", c.Mountpoint)
+}
+
+// invokedAs reports whether argv0 names the overlay program.
+func invokedAs(argv0, name string) bool { return filepath.Base(argv0) == name }

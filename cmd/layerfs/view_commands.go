@@ -1,0 +1,515 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/daemon"
+	"github.com/layerfs/layerfs/fusefs"
+	"github.com/layerfs/layerfs/graph"
+	"github.com/layerfs/layerfs/kernel/overlay"
+	"github.com/layerfs/layerfs/whiteout"
+)
+
+func createCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "create",
+		Usage:     "make a writable view on top of an image or layer and print its ID",
+		ArgsUsage: "IMAGE|LAYER",
+		Flags:     []cli.Flag{&cli.StringFlag{Name: "name", Usage: "a name for the view"}},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("create: want one IMAGE or LAYER")
+			}
+			s, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			v, err := s.CreateView(c.Context, c.Args().First(), graph.CreateViewOptions{Name: c.String("name")})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(c.App.Writer, v.ID)
+			return nil
+		},
+	}
+}
+
+func viewsCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "views",
+		Usage: "list the views",
+		Flags: []cli.Flag{jsonFlag},
+		Action: func(c *cli.Context) error {
+			s, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			views, err := s.Views()
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				if views == nil {
+					views = []*graph.View{}
+				}
+				return printJSON(c.App.Writer, views)
+			}
+			mounts, err := s.Mounts()
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "VIEW ID\tNAME\tPARENT\tMOUNTED AT\tCREATED")
+			for _, v := range views {
+				at := "-"
+				for _, m := range mounts {
+					if m.View == v.ID {
+						at = m.Target
+					}
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", v.ID[:12], orDash(v.Name), short(v.Parent), at, v.Created.Local().Format(time.DateTime))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func rmViewCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "rm-view",
+		Usage:     "remove views and their changes (refused while mounted)",
+		ArgsUsage: "VIEW...",
+		Action: func(c *cli.Context) error {
+			if c.NArg() == 0 {
+				return fmt.Errorf("rm-view: want at least one view")
+			}
+			s, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			failed := 0
+			for _, ref := range c.Args().Slice() {
+				v, err := s.DeleteView(c.Context, ref)
+				if err != nil {
+					fmt.Fprintf(c.App.ErrWriter, "layerfs: rm-view %s: %v\n", ref, err)
+					failed++
+					continue
+				}
+				fmt.Fprintln(c.App.Writer, v.ID)
+			}
+			if failed > 0 {
+				return fmt.Errorf("rm-view: %d of %d not removed", failed, c.NArg())
+			}
+			return nil
+		},
+	}
+}
+
+func mountCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "mount",
+		Usage: "mount a view (an image or layer gets a fresh view) with the best driver available",
+		Description: `With --driver auto (the default) the kernel overlay driver is used when a
+real trial mount passes, the FUSE union otherwise; which one is said on
+stderr. The union daemon goes to the background once the mount is ready.
+--tmp makes a throwaway view in a new temp dir, prints the dir, and removes
+both at umount.`,
+		ArgsUsage: "IMAGE|LAYER|VIEW [TARGET]",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "driver", Value: "auto", Usage: "auto, kernel or fuse"},
+			&cli.BoolFlag{Name: "ro", Usage: "read-only mount of the image or layer (no view)"},
+			&cli.BoolFlag{Name: "foreground", Usage: "serve the union in this process until unmounted"},
+			&cli.BoolFlag{Name: "tmp", Usage: "throwaway view in a new temp dir (prints its path)"},
+			&cli.StringFlag{Name: "name", Usage: "name of the view created for an image or layer"},
+			&cli.BoolFlag{Name: "temporary", Hidden: true},
+		},
+		Action: mountAction,
+	}
+}
+
+// mountPlan is what to mount where.
+type mountPlan struct {
+	target string
+	view   *graph.View
+	layer  string
+	dirs   graph.ViewDirs
+	ro     bool
+	temp   bool
+}
+
+func mountAction(c *cli.Context) error {
+	tmp := c.Bool("tmp")
+	if n := c.NArg(); n < 1 || n > 2 || tmp && n != 1 || !tmp && n != 2 {
+		return fmt.Errorf("mount: want IMAGE|LAYER|VIEW TARGET (or --tmp IMAGE|LAYER|VIEW)")
+	}
+	driver := c.String("driver")
+	switch driver {
+	case "auto", "kernel", "fuse":
+	default:
+		return fmt.Errorf("mount: --driver %s: want auto, kernel or fuse", driver)
+	}
+	s, err := openStore(c)
+	if err != nil {
+		return err
+	}
+	ref := c.Args().First()
+	p := mountPlan{ro: c.Bool("ro"), temp: tmp || c.Bool("temporary")}
+	if tmp {
+		if p.target, err = os.MkdirTemp("", "layerfs-view-"); err != nil {
+			return fmt.Errorf("mount --tmp: %w", err)
+		}
+	} else if p.target, err = filepath.Abs(c.Args().Get(1)); err != nil {
+		return fmt.Errorf("mount: %w", err)
+	}
+	fail := func(err error) error {
+		if tmp {
+			os.Remove(p.target)
+		}
+		return err
+	}
+	if st, err := os.Stat(p.target); err != nil || !st.IsDir() {
+		return fail(fmt.Errorf("mount: target %s is not a directory", p.target))
+	}
+	if m, err := s.FindMount(p.target); err == nil && m.State != graph.StateUnmounted {
+		return fail(fmt.Errorf("mount: %s is already a layerfs mount (%s); layerfs umount it first", p.target, m.State))
+	}
+	if err := p.resolve(c, s, ref); err != nil {
+		return fail(err)
+	}
+	useKernel, why := chooseViewDriver(s, driver, p)
+	if !c.Bool("foreground") && daemon.FromEnv() == nil {
+		if useKernel {
+			fmt.Fprintf(c.App.ErrWriter, "layerfs: using the kernel overlay driver (%s)\n", why)
+		} else {
+			fmt.Fprintf(c.App.ErrWriter, "layerfs: using the FUSE union driver (%s)\n", why)
+		}
+	}
+	if useKernel {
+		if err := mountKernel(s, p); err != nil {
+			return fail(p.undo(c, s, err))
+		}
+		fmt.Fprintln(c.App.Writer, p.target)
+		return nil
+	}
+	return mountFuse(c, s, p)
+}
+
+// resolve finds or creates the view (or, read-only, the layer) to mount.
+func (p *mountPlan) resolve(c *cli.Context, s *graph.Store, ref string) error {
+	if v, err := s.View(ref); err == nil {
+		p.view = v
+		d, err := s.Dirs(v)
+		if err != nil {
+			return err
+		}
+		p.dirs = d
+		if p.ro {
+			p.dirs.Upper, p.dirs.Work = "", ""
+			p.dirs.Lowers = append([]string{filepath.Join(s.Root(), "views", v.ID, "upper")}, p.dirs.Lowers...)
+		}
+		return nil
+	}
+	layer, _, err := s.ResolveBase(ref)
+	if err != nil {
+		return fmt.Errorf("mount: %w", err)
+	}
+	if p.ro {
+		p.layer = layer.String()
+		chain, err := s.Chain(layer)
+		if err != nil {
+			return err
+		}
+		for _, l := range chain {
+			p.dirs.Lowers = append(p.dirs.Lowers, s.DiffDir(l.ChainID))
+		}
+		return nil
+	}
+	v, err := s.CreateView(c.Context, ref, graph.CreateViewOptions{Name: c.String("name"), Temporary: p.temp})
+	if err != nil {
+		return err
+	}
+	p.view = v
+	p.dirs, err = s.Dirs(v)
+	return err
+}
+
+// undo removes what a failed mount made: a temporary view.
+func (p *mountPlan) undo(c *cli.Context, s *graph.Store, err error) error {
+	if p.view != nil && p.temp {
+		s.DeleteView(c.Context, p.view.ID)
+	}
+	return err
+}
+
+func (p *mountPlan) record(s *graph.Store, driver string, pid int) graph.Mount {
+	m := graph.Mount{Target: p.target, Driver: driver, PID: pid, ReadOnly: p.ro, Temporary: p.temp, Started: time.Now().UTC()}
+	if p.view != nil {
+		m.View, m.Layer = p.view.ID, p.view.Parent
+	} else {
+		m.Layer = digestOf(p.layer)
+	}
+	return m
+}
+
+// chooseViewDriver applies --driver; auto probes the kernel with a real
+// trial mount on the store's filesystem.
+func chooseViewDriver(s *graph.Store, driver string, p mountPlan) (kernel bool, why string) {
+	switch driver {
+	case "kernel":
+		return true, "--driver kernel"
+	case "fuse":
+		return false, "--driver fuse"
+	}
+	if os.Getenv("LAYERFS_KERNEL_PROBE") == "fail" {
+		// Lets tests exercise the fallback where the kernel would work.
+		return false, "kernel probe forced to fail by LAYERFS_KERNEL_PROBE=fail"
+	}
+	probe := overlay.Supported(overlay.ProbeOptions{Dir: filepath.Join(s.Root(), "tmp"), Options: kernelViewOptions(s, p), LowersOnly: p.dirs.Upper == ""})
+	if probe.OK {
+		return true, "kernel overlay probe passed"
+	}
+	return false, "kernel overlay refused: " + probe.Reason
+}
+
+func kernelViewOptions(s *graph.Store, p mountPlan) overlay.Options {
+	userns := overlay.InUserNamespace() || s.Namespace() == whiteout.User
+	return overlay.Options{
+		Lowers:      p.dirs.Lowers,
+		Upper:       p.dirs.Upper,
+		Work:        p.dirs.Work,
+		ReadOnly:    p.ro,
+		UserXattr:   userns,
+		RedirectDir: !userns,
+		// index=on would tie the upper to these exact lower dirs and
+		// make the kernel refuse it after a union mount wrote to it.
+		Index: false,
+	}
+}
+
+func mountKernel(s *graph.Store, p mountPlan) error {
+	if _, err := overlay.Mount(p.target, kernelViewOptions(s, p)); err != nil {
+		return fmt.Errorf("mount %s: %w", p.target, err)
+	}
+	if err := s.AddMount(p.record(s, "kernel", 0)); err != nil {
+		overlay.Unmount(p.target, true)
+		return err
+	}
+	return nil
+}
+
+// mountFuse starts the union daemon (re-executing this command in the
+// foreground) or, in the foreground or the daemon itself, serves it.
+func mountFuse(c *cli.Context, s *graph.Store, p mountPlan) error {
+	notifier := daemon.FromEnv()
+	if !c.Bool("foreground") && notifier == nil {
+		args := []string{"--store", s.Root()}
+		if c.Bool("debug") {
+			args = append(args, "--debug")
+		}
+		ref := p.layer
+		if p.view != nil {
+			ref = p.view.ID
+		}
+		args = append(args, "mount", "--foreground", "--driver", "fuse", ref, p.target)
+		if p.ro {
+			args = append(args, "--ro")
+		}
+		if p.temp {
+			args = append(args, "--temporary")
+		}
+		logPath, err := s.MountLogPath(p.target)
+		if err != nil {
+			return p.undo(c, s, err)
+		}
+		if _, err := daemon.Start(args, nil, logPath); err != nil {
+			return p.undo(c, s, fmt.Errorf("mount %s: %w", p.target, err))
+		}
+		fmt.Fprintln(c.App.Writer, p.target)
+		return nil
+	}
+	opts := fusefs.Options{
+		Lowers:         p.dirs.Lowers,
+		Upper:          p.dirs.Upper,
+		Work:           p.dirs.Work,
+		ReadOnly:       p.ro,
+		XattrNamespace: s.Namespace(),
+		FsName:         "layerfs",
+		Debug:          c.Bool("debug"),
+		Logger:         logger(c),
+	}
+	if os.Geteuid() != 0 {
+		// Rootless mounts never honour setuid bits or device nodes.
+		opts.ExtraMountOptions = append(opts.ExtraMountOptions, "nosuid", "nodev")
+	}
+	srv, err := fusefs.Mount(p.target, opts)
+	if err != nil {
+		err = fmt.Errorf("mount %s: %w", p.target, err)
+		notifier.Fail(err)
+		return err
+	}
+	if err := s.AddMount(p.record(s, "fuse", os.Getpid())); err != nil {
+		srv.Unmount()
+		notifier.Fail(err)
+		return err
+	}
+	notifier.Ready()
+	if notifier == nil {
+		fmt.Fprintln(c.App.Writer, p.target)
+	}
+	log := logger(c)
+	daemon.ServeUntilSignal(srv, func(format string, a ...any) { log.Warn(fmt.Sprintf(format, a...)) })
+	forgetMount(c, s, p.target)
+	return nil
+}
+
+// forgetMount drops a mount's table entry, and a temporary mount's view and
+// directory with it. Both the daemon (on its way out) and umount call it.
+func forgetMount(c *cli.Context, s *graph.Store, target string) {
+	m, err := s.FindMount(target)
+	if err != nil {
+		return
+	}
+	s.RemoveMount(target)
+	if m.Temporary {
+		if m.View != "" {
+			if _, err := s.DeleteView(c.Context, m.View); err != nil && !errors.Is(err, graph.ErrNotFound) {
+				logger(c).Warn("cannot remove temporary view", "view", m.View, "err", err)
+			}
+		}
+		os.Remove(target)
+	}
+}
+
+func umountCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "umount",
+		Usage:     "unmount a layerfs mount (also one whose daemon died)",
+		ArgsUsage: "TARGET|VIEW",
+		Flags:     []cli.Flag{&cli.BoolFlag{Name: "lazy", Aliases: []string{"l"}, Usage: "detach now, clean up once no longer busy"}},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("umount: want one TARGET or VIEW")
+			}
+			s, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			m, err := s.FindMount(c.Args().First())
+			if err != nil {
+				return fmt.Errorf("umount: %w", err)
+			}
+			if m.State != graph.StateUnmounted {
+				if err := unmount(m, c.Bool("lazy")); err != nil {
+					return fmt.Errorf("umount %s: %w", m.Target, err)
+				}
+			}
+			waitExit(m.PID, 5*time.Second)
+			forgetMount(c, s, m.Target)
+			return nil
+		},
+	}
+}
+
+// unmount detaches a mount: directly as root, through fusermount3 for a
+// user's FUSE mount.
+func unmount(m *graph.Mount, lazy bool) error {
+	flags := 0
+	if lazy {
+		flags = unix.MNT_DETACH
+	}
+	err := unix.Unmount(m.Target, flags)
+	if errors.Is(err, unix.EPERM) && m.Driver == "fuse" {
+		args := []string{"-u"}
+		if lazy {
+			args = append(args, "-z")
+		}
+		out, ferr := exec.Command("fusermount3", append(args, m.Target)...).CombinedOutput()
+		if ferr != nil {
+			msg := strings.TrimSpace(string(out))
+			if strings.Contains(msg, "busy") {
+				return fmt.Errorf("target is busy: a process has a file open or its working directory there (close it, or umount --lazy)")
+			}
+			return fmt.Errorf("fusermount3 -u: %v: %s", ferr, msg)
+		}
+		return nil
+	}
+	switch {
+	case err == nil, errors.Is(err, unix.EINVAL):
+		return nil // EINVAL: not a mount point any more
+	case errors.Is(err, unix.EBUSY):
+		return fmt.Errorf("target is busy: a process has a file open or its working directory there (close it, or umount --lazy)")
+	}
+	return err
+}
+
+// waitExit waits for a daemon to exit after its mount went away.
+func waitExit(pid int, limit time.Duration) {
+	if pid <= 0 {
+		return
+	}
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if unix.Kill(pid, 0) != nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func mountsCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "mounts",
+		Usage: "list layerfs mounts, noticing those whose daemon died",
+		Flags: []cli.Flag{jsonFlag},
+		Action: func(c *cli.Context) error {
+			s, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			mounts, err := s.Mounts()
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				if mounts == nil {
+					mounts = []graph.Mount{}
+				}
+				return printJSON(c.App.Writer, mounts)
+			}
+			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TARGET\tVIEW\tDRIVER\tPID\tSTATE")
+			for _, m := range mounts {
+				view := "(read-only " + short(m.Layer) + ")"
+				if m.View != "" {
+					view = m.View[:12]
+				}
+				state := m.State
+				if state == graph.StateDead {
+					state = "dead: daemon gone, run layerfs umount"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", m.Target, view, m.Driver, m.PID, state)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func digestOf(s string) digest.Digest { return digest.Digest(s) }

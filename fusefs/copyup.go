@@ -1,0 +1,347 @@
+package fusefs
+
+import (
+	"errors"
+	"io"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/whiteout"
+)
+
+// Copy-up builds the upper copy under Work/layerfs/tmp and renames (or, for
+// a lower hardlink group, links via the index) it into the upper, so a crash
+// leaves either the lower object or the complete copy visible. Parents are
+// copied up first, each with its own metadata.
+
+// copyUpDir makes directory d exist in the upper.
+func (u *union) copyUpDir(d *node) syscall.Errno {
+	if u.readOnly || u.upper == nil {
+		return syscall.EROFS
+	}
+	d.mu.Lock()
+	done := d.hasUpper
+	d.mu.Unlock()
+	if done {
+		return 0
+	}
+	if !d.IsRoot() {
+		_, p := d.Parent()
+		if p == nil {
+			return syscall.ENOENT
+		}
+		if errno := u.copyUpDir(p.Operations().(*node)); errno != 0 {
+			return errno
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.hasUpper {
+		return 0
+	}
+	rel, ok := d.upperRel()
+	if !ok {
+		return syscall.ENOENT
+	}
+	if len(d.lowerDirs) == 0 {
+		return syscall.EIO
+	}
+	src := u.lowers[d.lowerDirs[0].layer]
+	var st unix.Stat_t
+	if err := src.lstat(d.lowerRel, &st); err != nil {
+		return fs.ToErrno(err)
+	}
+	tmp := u.tmpName()
+	if err := unix.Mkdirat(u.workFd, tmp, 0o700); err != nil {
+		return fs.ToErrno(err)
+	}
+	tmpPath := u.workPath + "/" + tmp
+	if err := u.copyMeta(src.path(d.lowerRel), tmpPath, &st, d.ino()); err != nil {
+		unix.Unlinkat(u.workFd, tmp, unix.AT_REMOVEDIR)
+		return fs.ToErrno(err)
+	}
+	if err := unix.Renameat(u.workFd, tmp, u.upper.fd, rel); err != nil {
+		unix.Unlinkat(u.workFd, tmp, unix.AT_REMOVEDIR)
+		return fs.ToErrno(err)
+	}
+	d.hasUpper = true
+	u.debugf("copy-up dir", "path", rel)
+	return 0
+}
+
+// copyUp gives non-directory n an upper copy. skipData (open with O_TRUNC)
+// copies only the metadata.
+func (u *union) copyUp(n *node, skipData bool) syscall.Errno {
+	if u.readOnly || u.upper == nil {
+		return syscall.EROFS
+	}
+	if n.isDir {
+		return u.copyUpDir(n)
+	}
+	n.mu.Lock()
+	done := n.hasUpper || n.indexed
+	n.mu.Unlock()
+	if done {
+		return 0
+	}
+	name, p := n.Parent()
+	if p == nil {
+		return syscall.ENOENT
+	}
+	pn := p.Operations().(*node)
+	if errno := u.copyUpDir(pn); errno != 0 {
+		return errno
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.hasUpper || n.indexed {
+		return 0
+	}
+	prel, ok := pn.upperRel()
+	if !ok {
+		return syscall.ENOENT
+	}
+	rel := join(prel, name)
+	if n.lowerLayer < 0 {
+		return syscall.EIO
+	}
+	src := u.lowers[n.lowerLayer]
+	var st unix.Stat_t
+	if err := src.lstat(n.lowerRel, &st); err != nil {
+		return fs.ToErrno(err)
+	}
+	indexed := st.Nlink > 1
+	idx := u.indexRelFor(n.ino())
+	if indexed {
+		// Another mount (or a crash after indexing) may have done it.
+		var ist unix.Stat_t
+		if unix.Fstatat(u.workFd, idx, &ist, unix.AT_SYMLINK_NOFOLLOW) == nil {
+			if err := unix.Linkat(u.workFd, idx, u.upper.fd, rel, 0); err != nil && !errors.Is(err, unix.EEXIST) {
+				return fs.ToErrno(err)
+			}
+			n.indexed, n.hasUpper = true, true
+			return 0
+		}
+	}
+	tmp := u.tmpName()
+	tmpPath := u.workPath + "/" + tmp
+	if err := u.copyObject(src, n.lowerRel, &st, tmp, skipData); err != nil {
+		unix.Unlinkat(u.workFd, tmp, 0)
+		return fs.ToErrno(err)
+	}
+	if err := u.copyMeta(src.path(n.lowerRel), tmpPath, &st, n.ino()); err != nil {
+		unix.Unlinkat(u.workFd, tmp, 0)
+		return fs.ToErrno(err)
+	}
+	if indexed {
+		setOverlayXattr(tmpPath, u.ns, nlinkSuffix, strconv.FormatUint(uint64(st.Nlink), 10))
+		if err := unix.Renameat(u.workFd, tmp, u.workFd, idx); err != nil {
+			unix.Unlinkat(u.workFd, tmp, 0)
+			return fs.ToErrno(err)
+		}
+		if err := unix.Linkat(u.workFd, idx, u.upper.fd, rel, 0); err != nil {
+			return fs.ToErrno(err)
+		}
+		n.indexed = true
+	} else if err := unix.Renameat(u.workFd, tmp, u.upper.fd, rel); err != nil {
+		unix.Unlinkat(u.workFd, tmp, 0)
+		return fs.ToErrno(err)
+	}
+	n.hasUpper = true
+	u.debugf("copy-up", "path", rel, "indexed", indexed, "data", !skipData)
+	return 0
+}
+
+// copyObject creates the copy of a non-directory at tmp in the work dir.
+func (u *union) copyObject(src *layer, rel string, st *unix.Stat_t, tmp string, skipData bool) error {
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		in, err := unix.Openat(src.fd, rel, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(in)
+		out, err := unix.Openat(u.workFd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o600)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(out)
+		if !skipData {
+			if err := copyData(in, out, st.Size); err != nil {
+				return err
+			}
+		}
+		return nil
+	case unix.S_IFLNK:
+		buf := make([]byte, st.Size+1)
+		n, err := unix.Readlinkat(src.fd, rel, buf)
+		if err != nil {
+			return err
+		}
+		return unix.Symlinkat(string(buf[:n]), u.workFd, tmp)
+	default:
+		return unix.Mknodat(u.workFd, tmp, st.Mode, int(st.Rdev))
+	}
+}
+
+// copyData copies size bytes, keeping holes: only the data extents
+// (SEEK_DATA/SEEK_HOLE) are copied, with copy_file_range (which reflinks
+// where the filesystem can).
+func copyData(in, out int, size int64) error {
+	off := int64(0)
+	for off < size {
+		data, err := unix.Seek(in, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break
+		}
+		if err != nil {
+			// No SEEK_DATA: one extent.
+			data = off
+		}
+		hole, err := unix.Seek(in, data, unix.SEEK_HOLE)
+		if err != nil {
+			hole = size
+		}
+		if hole > size {
+			hole = size
+		}
+		if err := copyRange(in, out, data, hole-data); err != nil {
+			return err
+		}
+		off = hole
+	}
+	return unix.Ftruncate(out, size)
+}
+
+func copyRange(in, out int, off, n int64) error {
+	for n > 0 {
+		roff, woff := off, off
+		c, err := unix.CopyFileRange(in, &roff, out, &woff, int(min(n, 1<<30)), 0)
+		if err != nil || c == 0 {
+			if err == nil || errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) {
+				return copyRangeRW(in, out, off, n)
+			}
+			return err
+		}
+		off += int64(c)
+		n -= int64(c)
+	}
+	return nil
+}
+
+func copyRangeRW(in, out int, off, n int64) error {
+	buf := make([]byte, 1<<20)
+	for n > 0 {
+		c, err := unix.Pread(in, buf[:min(int64(len(buf)), n)], off)
+		if err != nil {
+			return err
+		}
+		if c == 0 {
+			return io.ErrUnexpectedEOF
+		}
+		if _, err := unix.Pwrite(out, buf[:c], off); err != nil {
+			return err
+		}
+		off += int64(c)
+		n -= int64(c)
+	}
+	return nil
+}
+
+// copyMeta gives dst the owner, mode, xattrs (overlay bookkeeping
+// excepted) and times of src, and records the view inode as its origin.
+// Order matters: chown clears set-id bits and capabilities, so mode and
+// xattrs come after it, and times last.
+func (u *union) copyMeta(srcPath, dstPath string, st *unix.Stat_t, origin uint64) error {
+	isLink := st.Mode&unix.S_IFMT == unix.S_IFLNK
+	if err := unix.Fchownat(unix.AT_FDCWD, dstPath, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) {
+		return err
+	}
+	if !isLink {
+		if err := unix.Fchmodat(unix.AT_FDCWD, dstPath, st.Mode&07777, 0); err != nil {
+			return err
+		}
+	}
+	names, err := listXattrs(srcPath)
+	if err != nil && !errors.Is(err, unix.ENOTSUP) {
+		return err
+	}
+	for _, name := range names {
+		if strings.HasPrefix(name, "trusted.overlay.") || strings.HasPrefix(name, "user.overlay.") ||
+			strings.HasPrefix(name, "trusted.layerfs.") || strings.HasPrefix(name, "user.layerfs.") {
+			continue
+		}
+		v, err := getXattr(srcPath, name)
+		if err != nil {
+			continue
+		}
+		if err := unix.Lsetxattr(dstPath, name, v, 0); err != nil {
+			if isLink && (errors.Is(err, unix.EPERM) || errors.Is(err, unix.ENOTSUP)) {
+				continue
+			}
+			return err
+		}
+	}
+	if !isLink {
+		// Symlinks cannot carry user.* xattrs; their inode number
+		// then follows the copy (documented).
+		setOverlayXattr(dstPath, u.ns, originSuffix, strconv.FormatUint(origin, 10))
+	} else if u.ns == whiteout.Trusted {
+		setOverlayXattr(dstPath, u.ns, originSuffix, strconv.FormatUint(origin, 10))
+	}
+	ts := []unix.Timespec{unix.Timespec(st.Atim), unix.Timespec(st.Mtim)}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, dstPath, ts, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// setOverlayXattr writes a private xattr in ns, falling back to the other
+// namespace when ns is refused (trusted.* needs real CAP_SYS_ADMIN).
+func setOverlayXattr(path string, ns whiteout.Namespace, suffix, value string) error {
+	err := unix.Lsetxattr(path, ns.String()+"."+suffix, []byte(value), 0)
+	if err != nil && ns == whiteout.Trusted {
+		err = unix.Lsetxattr(path, whiteout.User.String()+"."+suffix, []byte(value), 0)
+	}
+	return err
+}
+
+// removeOverlayXattr removes a private xattr from both namespaces.
+func removeOverlayXattr(path, suffix string) {
+	for _, ns := range whiteout.Namespaces() {
+		unix.Lremovexattr(path, ns.String()+"."+suffix)
+	}
+}
+
+// copyUpName copies n up and makes sure the name d/name of it exists in
+// the upper: a lower hardlink group is copied up through one name, and the
+// others are linked to the index entry when an operation needs them.
+func (u *union) copyUpName(d *node, name string, n *node) syscall.Errno {
+	if errno := u.copyUp(n, false); errno != 0 {
+		return errno
+	}
+	n.mu.Lock()
+	indexed := n.indexed
+	n.mu.Unlock()
+	if !indexed {
+		return 0
+	}
+	if errno := u.copyUpDir(d); errno != 0 {
+		return errno
+	}
+	drel, ok := d.upperRel()
+	if !ok {
+		return syscall.ENOENT
+	}
+	rel := join(drel, name)
+	var st unix.Stat_t
+	if u.upper.lstat(rel, &st) == nil {
+		return 0
+	}
+	err := unix.Linkat(u.workFd, u.indexRelFor(n.ino()), u.upper.fd, rel, 0)
+	if err != nil && !errors.Is(err, unix.EEXIST) {
+		return fs.ToErrno(err)
+	}
+	return 0
+}

@@ -1,0 +1,289 @@
+package fusefs
+
+import (
+	"context"
+	"sync"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/whiteout"
+)
+
+func isPrivateXattr(name string) bool { return whiteout.IsPrivateXattr(name) }
+
+// rawEntry is one name of one layer directory.
+type rawEntry struct {
+	name string
+	ino  uint64
+	typ  uint8
+}
+
+// readLayerDir lists a directory of one layer with getdents.
+func readLayerDir(l *layer, rel string) ([]rawEntry, error) {
+	fd, err := unix.Openat(l.fd, rel, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	var out []rawEntry
+	buf := make([]byte, 32*1024)
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err != nil {
+			return nil, err
+		}
+		if n <= 0 {
+			return out, nil
+		}
+		b := buf[:n]
+		for len(b) > 0 {
+			// struct linux_dirent64: ino u64, off s64, reclen u16, type u8, name
+			reclen := int(b[16]) | int(b[17])<<8
+			ino := uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
+				uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+			typ := b[18]
+			nameb := b[19:reclen]
+			for i, c := range nameb {
+				if c == 0 {
+					nameb = nameb[:i]
+					break
+				}
+			}
+			name := string(nameb)
+			b = b[reclen:]
+			if name == "." || name == ".." {
+				continue
+			}
+			out = append(out, rawEntry{name: name, ino: ino, typ: typ})
+		}
+	}
+}
+
+func dtToMode(t uint8) uint32 {
+	switch t {
+	case unix.DT_DIR:
+		return unix.S_IFDIR
+	case unix.DT_REG:
+		return unix.S_IFREG
+	case unix.DT_LNK:
+		return unix.S_IFLNK
+	case unix.DT_CHR:
+		return unix.S_IFCHR
+	case unix.DT_BLK:
+		return unix.S_IFBLK
+	case unix.DT_FIFO:
+		return unix.S_IFIFO
+	case unix.DT_SOCK:
+		return unix.S_IFSOCK
+	}
+	return 0
+}
+
+// list merges the directory's layers: upper first, then the lowers, a name
+// decided by the first layer that has it (or whites it out); private names
+// never show. Inode numbers are the ones Lookup gives.
+func (u *union) list(n *node) ([]fuse.DirEntry, syscall.Errno) {
+	n.mu.Lock()
+	hasUpper := n.hasUpper
+	lowers := n.lowerDirs
+	lowerRel := n.lowerRel
+	n.mu.Unlock()
+
+	seen := map[string]bool{}
+	var out []fuse.DirEntry
+	parentIno := n.ino()
+	if _, p := n.Parent(); p != nil {
+		parentIno = p.StableAttr().Ino
+	}
+	out = append(out, fuse.DirEntry{Name: ".", Mode: unix.S_IFDIR, Ino: n.ino()},
+		fuse.DirEntry{Name: "..", Mode: unix.S_IFDIR, Ino: parentIno})
+
+	type src struct {
+		l   *layer
+		rel string
+		xwh bool
+	}
+	var srcs []src
+	if hasUpper && u.upper != nil {
+		rel, ok := n.upperRel()
+		if !ok {
+			return nil, syscall.ENOENT
+		}
+		srcs = append(srcs, src{l: u.upper, rel: rel})
+	}
+	for _, ld := range lowers {
+		srcs = append(srcs, src{l: u.lowers[ld.layer], rel: lowerRel, xwh: ld.xwh})
+	}
+	var index []map[string]struct{}
+	if len(lowers) > 0 {
+		index = make([]map[string]struct{}, len(lowers))
+	}
+	for i, s := range srcs {
+		ents, err := readLayerDir(s.l, s.rel)
+		if err != nil {
+			if i == 0 {
+				return nil, fs.ToErrno(err)
+			}
+			continue
+		}
+		if !s.l.upper {
+			set := make(map[string]struct{}, len(ents))
+			for _, e := range ents {
+				set[e.name] = struct{}{}
+			}
+			index[i-(len(srcs)-len(lowers))] = set
+		}
+		var hideBelow []string
+		for _, e := range ents {
+			if k := whiteout.ClassifyName(e.name); k.Kind != whiteout.None {
+				if k.Kind == whiteout.Whiteout {
+					hideBelow = append(hideBelow, k.Target)
+				}
+				continue
+			}
+			if seen[e.name] {
+				continue
+			}
+			rel := join(s.rel, e.name)
+			mode := dtToMode(e.typ)
+			if e.typ == unix.DT_CHR || e.typ == unix.DT_UNKNOWN || (s.xwh && e.typ == unix.DT_REG) {
+				var st unix.Stat_t
+				if err := s.l.lstat(rel, &st); err != nil {
+					continue
+				}
+				mode = st.Mode & unix.S_IFMT
+				if isWhiteout(s.l, rel, &st, s.xwh) {
+					seen[e.name] = true
+					continue
+				}
+			}
+			if u.isWorkDir(s.l, e.ino) {
+				continue
+			}
+			seen[e.name] = true
+			ino := u.inos.ino(s.l.dev, e.ino)
+			if s.l.upper {
+				if o, ok := readOrigin(s.l.path(rel)); ok {
+					ino = o
+				}
+			}
+			out = append(out, fuse.DirEntry{Name: e.name, Mode: mode, Ino: ino})
+		}
+		for _, h := range hideBelow {
+			seen[h] = true
+		}
+	}
+	if index != nil {
+		n.mu.Lock()
+		if sameLowers(n.lowerDirs, lowers) && n.lowerRel == lowerRel {
+			n.lowerNames = index
+		}
+		n.mu.Unlock()
+	}
+	return out, 0
+}
+
+// dirHandle serves a snapshot of the merged listing taken at opendir, so
+// offsets (index+1) stay valid across telldir/seekdir whatever changes.
+// A seek to 0 (rewinddir) takes a new snapshot, as POSIX asks.
+type dirHandle struct {
+	n    *node
+	mu   sync.Mutex
+	ents []fuse.DirEntry
+	pos  int
+	fd   int
+}
+
+var (
+	_ fs.FileReaddirenter = (*dirHandle)(nil)
+	_ fs.FileSeekdirer    = (*dirHandle)(nil)
+	_ fs.FileReleasedirer = (*dirHandle)(nil)
+	_ fs.FileFsyncdirer   = (*dirHandle)(nil)
+)
+
+func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	ents, errno := n.u.list(n)
+	if errno != 0 {
+		return nil, 0, errno
+	}
+	n.mu.Lock()
+	upper := n.hasUpper
+	n.mu.Unlock()
+	var fl uint32
+	if !upper {
+		// Nothing can change a lower-only directory but this mount,
+		// and every change invalidates it.
+		fl = fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
+	}
+	dh := &dirHandle{n: n, ents: ents, fd: -1}
+	// Kept so fstat works after the directory is renamed over or removed.
+	if l, errno := n.where(); errno == 0 {
+		if fd, err := unix.Openat(l.fd, l.rel, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+			dh.fd = fd
+		}
+	}
+	return dh, fl, 0
+}
+
+func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.pos >= len(d.ents) {
+		return nil, 0
+	}
+	e := d.ents[d.pos]
+	d.pos++
+	e.Off = uint64(d.pos)
+	return &e, 0
+}
+
+func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if off == 0 {
+		ents, errno := d.n.u.list(d.n)
+		if errno != 0 {
+			return errno
+		}
+		d.ents = ents
+	}
+	d.pos = int(off)
+	return 0
+}
+
+func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.fd >= 0 {
+		unix.Close(d.fd)
+		d.fd = -1
+	}
+}
+
+func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
+	l, errno := d.n.where()
+	if errno != 0 || !l.upper {
+		return 0
+	}
+	fd, err := unix.Openat(l.fd, l.rel, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fs.ToErrno(err)
+	}
+	defer unix.Close(fd)
+	return fs.ToErrno(unix.Fsync(fd))
+}
+
+func sameLowers(a, b []lowerDir) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

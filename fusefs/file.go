@@ -1,0 +1,191 @@
+package fusefs
+
+import (
+	"context"
+	"sync"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// fileHandle is an open file of the view: a descriptor of the upper copy,
+// or of the lower object for read-only opens that never copied up.
+type fileHandle struct {
+	mu       sync.Mutex
+	fd       int
+	upper    bool
+	writable bool
+	n        *node
+	pt       bool // offered for passthrough
+}
+
+// ptHandle is a fileHandle that offers its descriptor for FUSE
+// passthrough. Only upper files get one: the kernel reopens the backing
+// file with the caller's flags, so a lower descriptor must never be used,
+// and all opens of a node must agree on passthrough or the kernel
+// answers EIO (see node.openCached/openPT).
+type ptHandle struct{ *fileHandle }
+
+func (h ptHandle) PassthroughFd() (int, bool) { return h.fd, true }
+
+var (
+	_ fs.FileReader          = (*fileHandle)(nil)
+	_ fs.FileWriter          = (*fileHandle)(nil)
+	_ fs.FileFlusher         = (*fileHandle)(nil)
+	_ fs.FileFsyncer         = (*fileHandle)(nil)
+	_ fs.FileReleaser        = (*fileHandle)(nil)
+	_ fs.FileLseeker         = (*fileHandle)(nil)
+	_ fs.FileAllocater       = (*fileHandle)(nil)
+	_ fs.FileGetlker         = (*fileHandle)(nil)
+	_ fs.FileSetlker         = (*fileHandle)(nil)
+	_ fs.FileSetlkwer        = (*fileHandle)(nil)
+	_ fs.FilePassthroughFder = ptHandle{}
+)
+
+// newHandle wraps fd and chooses the I/O path: passthrough for upper files
+// where allowed, page-cache reads kept across opens for lower files.
+func (u *union) newHandle(n *node, fd int, upper bool, rel string) (fs.FileHandle, uint32) {
+	h := &fileHandle{fd: fd, upper: upper, n: n}
+	var fl uint32
+	if fa, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil {
+		h.writable = fa&unix.O_ACCMODE != unix.O_RDONLY
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if upper {
+		if n.handles == nil {
+			n.handles = map[int]bool{}
+		}
+		n.handles[fd] = true
+	}
+	path := "cached"
+	switch {
+	case upper && !u.opts.NoPassthrough && n.openCached == 0:
+		h.pt = true
+		n.openPT++
+		path = "passthrough (if the kernel accepts the backing fd)"
+	case !upper:
+		n.openCached++
+		fl = fuse.FOPEN_KEEP_CACHE
+		path = "lower, cached"
+	default:
+		n.openCached++
+	}
+	u.debugf("open", "path", rel, "upper", upper, "io", path)
+	if h.pt {
+		return ptHandle{h}, fl
+	}
+	return h, fl
+}
+
+func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fd < 0 {
+		return syscall.EBADF
+	}
+	h.n.mu.Lock()
+	delete(h.n.handles, h.fd)
+	err := unix.Close(h.fd)
+	h.fd = -1
+	if h.pt {
+		h.n.openPT--
+	} else {
+		h.n.openCached--
+	}
+	h.n.mu.Unlock()
+	return fs.ToErrno(err)
+}
+
+func (h *fileHandle) Read(ctx context.Context, buf []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	return fuse.ReadResultFd(uintptr(h.fd), off, len(buf)), 0
+}
+
+func (h *fileHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	n, err := unix.Pwrite(h.fd, data, off)
+	return uint32(max(n, 0)), fs.ToErrno(err)
+}
+
+func (h *fileHandle) Flush(ctx context.Context) syscall.Errno {
+	// Closing a duplicate flushes what close(2) would (e.g. NFS) and
+	// releases POSIX locks of the descriptor.
+	nfd, err := unix.Dup(h.fd)
+	if err != nil {
+		return fs.ToErrno(err)
+	}
+	return fs.ToErrno(unix.Close(nfd))
+}
+
+func (h *fileHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	if flags&1 != 0 {
+		return fs.ToErrno(unix.Fdatasync(h.fd))
+	}
+	return fs.ToErrno(unix.Fsync(h.fd))
+}
+
+func (h *fileHandle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
+	n, err := unix.Seek(h.fd, int64(off), int(whence))
+	return uint64(n), fs.ToErrno(err)
+}
+
+func (h *fileHandle) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
+	return fs.ToErrno(unix.Fallocate(h.fd, mode, int64(off), int64(size)))
+}
+
+// Locks use open file description locks on the backing descriptor, as
+// go-fuse's loopback does; flock(2) maps onto flock.
+func (h *fileHandle) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
+	flk := syscall.Flock_t{}
+	lk.ToFlockT(&flk)
+	errno := fs.ToErrno(syscall.FcntlFlock(uintptr(h.fd), unix.F_OFD_GETLK, &flk))
+	out.FromFlockT(&flk)
+	return errno
+}
+
+func (h *fileHandle) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	return h.setLock(lk, flags, false)
+}
+
+func (h *fileHandle) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	return h.setLock(lk, flags, true)
+}
+
+func (h *fileHandle) setLock(lk *fuse.FileLock, flags uint32, blocking bool) syscall.Errno {
+	if flags&fuse.FUSE_LK_FLOCK != 0 {
+		var op int
+		switch lk.Typ {
+		case syscall.F_RDLCK:
+			op = syscall.LOCK_SH
+		case syscall.F_WRLCK:
+			op = syscall.LOCK_EX
+		case syscall.F_UNLCK:
+			op = syscall.LOCK_UN
+		default:
+			return syscall.EINVAL
+		}
+		if !blocking {
+			op |= syscall.LOCK_NB
+		}
+		return fs.ToErrno(syscall.Flock(h.fd, op))
+	}
+	flk := syscall.Flock_t{}
+	lk.ToFlockT(&flk)
+	op := unix.F_OFD_SETLK
+	if blocking {
+		op = unix.F_OFD_SETLKW
+	}
+	return fs.ToErrno(syscall.FcntlFlock(uintptr(h.fd), op, &flk))
+}
+
+// asHandle unwraps the union's file handles.
+func asHandle(fh fs.FileHandle) *fileHandle {
+	switch h := fh.(type) {
+	case *fileHandle:
+		return h
+	case ptHandle:
+		return h.fileHandle
+	}
+	return nil
+}

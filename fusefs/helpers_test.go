@@ -1,0 +1,94 @@
+package fusefs
+
+import (
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/internal/testutil"
+)
+
+// needFuse skips (or fails in CI) without root and /dev/fuse.
+func needFuse(t testing.TB) {
+	t.Helper()
+	testutil.NeedRoot(t)
+	_, err := os.Stat("/dev/fuse")
+	testutil.Need(t, err == nil, "needs /dev/fuse")
+}
+
+// mountT mounts a union and unmounts it in t.Cleanup, lazily if busy.
+func mountT(t testing.TB, opts Options) string {
+	t.Helper()
+	needFuse(t)
+	mnt := t.TempDir()
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		if os.Getenv("FUSEFS_TEST_DEBUG") != "" {
+			opts.Debug = true
+			opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		}
+	}
+	srv, err := Mount(mnt, opts)
+	if err != nil {
+		t.Fatalf("Mount: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Unmount(); err != nil {
+			t.Errorf("Unmount: %v", err)
+			unix.Unmount(mnt, unix.MNT_DETACH)
+		}
+	})
+	return mnt
+}
+
+// layerDirs makes n empty layer dirs plus upper and work.
+func layerDirs(t testing.TB, n int) (lowers []string, upper, work string) {
+	t.Helper()
+	base := t.TempDir()
+	for i := 0; i < n; i++ {
+		p := filepath.Join(base, "l"+string(rune('0'+i)))
+		mustMkdir(t, p)
+		lowers = append(lowers, p)
+	}
+	upper, work = filepath.Join(base, "upper"), filepath.Join(base, "work")
+	mustMkdir(t, upper)
+	mustMkdir(t, work)
+	return
+}
+
+func mustMkdir(t testing.TB, p string) {
+	t.Helper()
+	if err := os.MkdirAll(p, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustWrite(t testing.TB, p, data string) {
+	t.Helper()
+	mustMkdir(t, filepath.Dir(p))
+	if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustWhiteout(t testing.TB, p string) {
+	t.Helper()
+	mustMkdir(t, filepath.Dir(p))
+	if err := unix.Mknod(p, unix.S_IFCHR, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return string(out)
+}

@@ -1,0 +1,172 @@
+package fusefs
+
+import (
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"os"
+	"strings"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// Server is a mounted union.
+type Server struct {
+	srv    *fuse.Server
+	u      *union
+	target string
+}
+
+// Mount mounts the union described by opts on target and returns once the
+// kernel serves it.
+func Mount(target string, opts Options) (*Server, error) {
+	if err := opts.validate(); err != nil {
+		return nil, fmt.Errorf("mount %s: %w", target, err)
+	}
+	o := opts.withDefaults()
+	u, err := newUnion(o)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", target, err)
+	}
+	root, rootIno, err := u.rootNode()
+	if err != nil {
+		u.close()
+		return nil, fmt.Errorf("mount %s: %w", target, err)
+	}
+	timeout := o.Timeout
+	neg := o.NegativeTimeout
+	mo := fuse.MountOptions{
+		FsName:        o.FsName,
+		Name:          "layerfs",
+		AllowOther:    o.AllowOther,
+		Options:       append([]string{"default_permissions"}, o.ExtraMountOptions...),
+		EnableLocks:   true,
+		Debug:         o.Debug,
+		MaxBackground: 64,
+		MaxStackDepth: 1,
+		MaxReadAhead:  1 << 20,
+		DirectMount:   os.Geteuid() == 0,
+		// READDIRPLUS only when lookups follow a listing (ls -l, find);
+		// plain READDIR otherwise (ls, huge directories).
+		ExtraCapabilities:    fuse.CAP_READDIRPLUS_AUTO,
+		EnableSymlinkCaching: true,
+		Logger:               slogAdapter(o.Logger),
+	}
+	if u.readOnly {
+		mo.Options = append(mo.Options, "ro")
+	}
+	if mo.DirectMount {
+		mo.Options, mo.DirectMountFlags = splitMountFlags(mo.Options)
+	}
+	fo := &fs.Options{
+		MountOptions:    mo,
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NegativeTimeout: &neg,
+		NullPermissions: true,
+		RootStableAttr:  &fs.StableAttr{Ino: rootIno, Mode: unix.S_IFDIR},
+		Logger:          slogAdapter(o.Logger),
+	}
+	srv, err := fs.Mount(target, root, fo)
+	if err != nil {
+		u.close()
+		return nil, fmt.Errorf("mount %s: %w", target, err)
+	}
+	return &Server{srv: srv, u: u, target: target}, nil
+}
+
+func slogAdapter(l *slog.Logger) *log.Logger {
+	return slog.NewLogLogger(l.Handler(), slog.LevelDebug)
+}
+
+// Wait blocks until the union is unmounted (by Unmount, umount or
+// fusermount3 -u).
+func (s *Server) Wait() {
+	s.srv.Wait()
+	s.u.close()
+}
+
+// Unmount detaches the union. When the mount is busy it falls back to a
+// lazy unmount so no mount is left behind.
+func (s *Server) Unmount() error {
+	err := s.srv.Unmount()
+	if err != nil && os.Geteuid() == 0 {
+		if lerr := unix.Unmount(s.target, unix.MNT_DETACH); lerr == nil || errors.Is(lerr, syscall.EINVAL) {
+			err = nil
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("unmount %s: %w", s.target, err)
+	}
+	return nil
+}
+
+func (u *union) rootNode() (*node, uint64, error) {
+	n := &node{u: u, isDir: true, lowerLayer: -1, lowerRel: ".", hasUpper: u.upper != nil}
+	var st unix.Stat_t
+	var top *layer
+	if u.upper != nil {
+		top = u.upper
+		m := readDirMarks(u.upper, ".")
+		if !m.opaque {
+			n.lowerDirs = u.rootLowers()
+		}
+	} else {
+		top = u.lowers[0]
+		n.lowerDirs = u.rootLowers()
+	}
+	if err := top.lstat(".", &st); err != nil {
+		return nil, 0, err
+	}
+	ino := u.inos.ino(st.Dev, st.Ino)
+	if u.upper != nil {
+		if o, ok := readOrigin(u.upper.root); ok {
+			ino = o
+		}
+	} else if len(n.lowerDirs) > 0 {
+		ino = u.inos.ino(st.Dev, st.Ino)
+	}
+	if ino == 0 || ino == fuse.FUSE_ROOT_ID {
+		ino = fuse.FUSE_ROOT_ID
+	}
+	return n, ino, nil
+}
+
+func (u *union) rootLowers() []lowerDir {
+	var out []lowerDir
+	for i, l := range u.lowers {
+		m := readDirMarks(l, ".")
+		out = append(out, lowerDir{layer: i, xwh: m.xwhiteouts})
+		if m.opaque {
+			break
+		}
+	}
+	return out
+}
+
+// splitMountFlags moves the options mount(2) takes as flags (go-fuse's
+// direct mount handles only [no]dev, [no]suid and [no]exec itself) out of
+// the option string.
+func splitMountFlags(opts []string) ([]string, uintptr) {
+	flagOf := map[string]uintptr{
+		"noatime": unix.MS_NOATIME, "nodiratime": unix.MS_NODIRATIME,
+		"relatime": unix.MS_RELATIME, "strictatime": unix.MS_STRICTATIME,
+	}
+	var rest []string
+	var flags uintptr
+	for _, o := range opts {
+		if f, ok := flagOf[o]; ok {
+			flags |= f
+			continue
+		}
+		if o == "atime" || o == "diratime" || o == "rw" || strings.TrimSpace(o) == "" {
+			continue
+		}
+		rest = append(rest, o)
+	}
+	return rest, flags
+}

@@ -1,0 +1,407 @@
+package fusefs
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// node is one object of the view. Its go-fuse identity (StableAttr.Ino) is
+// the view inode number, so every name of a hardlink group is one node.
+type node struct {
+	fs.Inode
+	u *union
+
+	mu       sync.Mutex // guards the fields below; held during this node's copy-up
+	isDir    bool
+	hasUpper bool // an upper object exists (dirs: at the node's union path)
+	// lowerLayer/lowerRel locate a non-dir's lower object; for dirs
+	// lowerRel is the path looked up in lowerDirs (redirects change it).
+	lowerLayer int
+	lowerRel   string
+	lowerDirs  []lowerDir
+	// lowerNames caches, per lowerDirs entry, the names that lower
+	// directory holds (lowers never change), filled by the first readdir
+	// so lookups that follow (ls -l, find) skip one stat per layer.
+	lowerNames []map[string]struct{}
+	// lowerXattrs caches the xattr names of a lower-only object (nil:
+	// not read yet), so the kernel's frequent probes (security.*, on
+	// every ls -l and write) cost no syscall.
+	lowerXattrs []string
+	// indexed: the data lives in the work dir's hardlink index (a lower
+	// hardlink group was copied up), shared by every name of the group.
+	indexed    bool
+	lowerNlink uint32
+	// open handles by I/O path; the kernel refuses to mix passthrough and
+	// cached opens of one inode.
+	openPT, openCached int
+	// handles holds open descriptors of upper objects: an object that
+	// left the tree (unlinked, O_TMPFILE) is still reachable through
+	// /proc/self/fd.
+	handles map[int]bool
+}
+
+var (
+	_ fs.NodeLookuper       = (*node)(nil)
+	_ fs.NodeGetattrer      = (*node)(nil)
+	_ fs.NodeOpendirHandler = (*node)(nil)
+	_ fs.NodeStatfser       = (*node)(nil)
+	_ fs.NodeReadlinker     = (*node)(nil)
+	_ fs.NodeGetxattrer     = (*node)(nil)
+	_ fs.NodeListxattrer    = (*node)(nil)
+	_ fs.NodeAccesser       = (*node)(nil)
+)
+
+func (n *node) ino() uint64 { return n.StableAttr().Ino }
+
+// upperRel is the node's path relative to the layer roots, from the tree
+// of names go-fuse keeps. ok is false for an object no longer in the tree.
+func (n *node) upperRel() (string, bool) {
+	var segs []string
+	cur := &n.Inode
+	for !cur.IsRoot() {
+		name, p := cur.Parent()
+		if p == nil {
+			return "", false
+		}
+		segs = append(segs, name)
+		cur = p
+	}
+	if len(segs) == 0 {
+		return ".", true
+	}
+	for i, j := 0, len(segs)-1; i < j; i, j = i+1, j-1 {
+		segs[i], segs[j] = segs[j], segs[i]
+	}
+	return strings.Join(segs, "/"), true
+}
+
+// loc is where an object's data and attributes live on disk.
+type loc struct {
+	fd    int
+	root  string
+	rel   string
+	upper bool
+}
+
+func (l loc) path() string {
+	if l.fd == unix.AT_FDCWD {
+		return l.rel
+	}
+	if l.rel == "." || l.rel == "" {
+		return l.root
+	}
+	return l.root + "/" + l.rel
+}
+
+func (l loc) lstat(st *unix.Stat_t) error {
+	if l.fd == unix.AT_FDCWD {
+		return unix.Stat(l.rel, st)
+	}
+	return unix.Fstatat(l.fd, l.rel, st, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// where returns the object's current location.
+func (n *node) where() (loc, syscall.Errno) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.whereLocked()
+}
+
+func (n *node) whereLocked() (loc, syscall.Errno) {
+	u := n.u
+	switch {
+	case n.indexed:
+		return loc{fd: u.workFd, root: u.workPath, rel: u.indexRelFor(n.ino()), upper: true}, 0
+	case n.hasUpper:
+		rel, ok := n.upperRel()
+		if !ok {
+			for fd := range n.handles {
+				return loc{fd: unix.AT_FDCWD, root: "/proc/self/fd", rel: "/proc/self/fd/" + strconv.Itoa(fd), upper: true}, 0
+			}
+			return loc{}, syscall.ENOENT
+		}
+		return loc{fd: u.upper.fd, root: u.upper.root, rel: rel, upper: true}, 0
+	case n.isDir:
+		if len(n.lowerDirs) == 0 {
+			return loc{}, syscall.ENOENT
+		}
+		l := u.lowers[n.lowerDirs[0].layer]
+		return loc{fd: l.fd, root: l.root, rel: n.lowerRel}, 0
+	case n.lowerLayer >= 0:
+		l := u.lowers[n.lowerLayer]
+		return loc{fd: l.fd, root: l.root, rel: n.lowerRel}, 0
+	}
+	return loc{}, syscall.ENOENT
+}
+
+// isMerged: a directory whose listing comes from more than one layer.
+func (n *node) isMerged() bool {
+	return n.isDir && len(n.lowerDirs)+btoi(n.hasUpper) > 1
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// newNodeFor builds a node for a resolved name; the caller hands it to
+// NewInode, which returns the existing node for a known inode number.
+func (u *union) newNodeFor(f *found) *node {
+	n := &node{u: u, lowerLayer: f.lowerLayer, lowerRel: f.lowerRel, lowerNlink: f.lowerNlink}
+	n.isDir = f.st.Mode&unix.S_IFMT == unix.S_IFDIR
+	n.hasUpper = f.upper
+	if n.isDir {
+		n.lowerDirs = f.lowerDirs
+	}
+	return n
+}
+
+func (u *union) stableFor(f *found, ino uint64) fs.StableAttr {
+	gen := uint64(1)
+	return fs.StableAttr{Mode: f.st.Mode & unix.S_IFMT, Ino: ino, Gen: gen}
+}
+
+func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	u := n.u
+	f, errno := u.resolve(n, name)
+	if errno != 0 {
+		return nil, errno
+	}
+	dirRel, _ := n.upperRel()
+	rel := join(dirRel, name)
+	ino := u.viewIno(f, rel)
+	child := u.newNodeFor(f)
+	if !f.upper && !child.isDir && f.lowerNlink > 1 && u.workFd >= 0 {
+		// A lower hardlink group copied up earlier (maybe in an
+		// earlier mount) lives in the index.
+		var st unix.Stat_t
+		if unix.Fstatat(u.workFd, u.indexRelFor(ino), &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
+			child.indexed = true
+		}
+	}
+	sa := u.stableFor(f, ino)
+	if !child.isDir && !child.indexed {
+		if f.upper {
+			sa.Mode = presentedType(u.upper.path(rel), &f.st)
+		} else {
+			sa.Mode = presentedType(u.lowers[f.lowerLayer].path(f.lowerRel), &f.st)
+		}
+	}
+	ch := n.NewInode(ctx, child, sa)
+	cn := ch.Operations().(*node)
+	if errno := cn.attrForEntry(f, rel, &out.Attr); errno != 0 {
+		return nil, errno
+	}
+	cn.mu.Lock()
+	upper := cn.hasUpper || cn.indexed
+	cn.mu.Unlock()
+	t := u.timeouts(upper)
+	out.SetEntryTimeout(t)
+	out.SetAttrTimeout(t)
+	return ch, 0
+}
+
+func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if errno := n.getattr(fh, &out.Attr); errno != 0 {
+		return errno
+	}
+	n.mu.Lock()
+	upper := n.hasUpper || n.indexed
+	n.mu.Unlock()
+	out.SetTimeout(n.u.timeouts(upper))
+	return 0
+}
+
+func (n *node) getattr(fh fs.FileHandle, out *fuse.Attr) syscall.Errno {
+	u := n.u
+	n.mu.Lock()
+	l, errno := n.whereLocked()
+	merged := n.isMerged()
+	indexed := n.indexed
+	lowerNlink := n.lowerNlink
+	n.mu.Unlock()
+	var st unix.Stat_t
+	if hf := asHandle(fh); hf != nil {
+		if err := unix.Fstat(hf.fd, &st); err != nil {
+			return fs.ToErrno(err)
+		}
+		if errno != 0 {
+			l = loc{root: "/proc/self/fd", rel: strconv.Itoa(hf.fd)}
+		}
+	} else if dh, ok := fh.(*dirHandle); ok && errno != 0 && dh.fd >= 0 {
+		if err := unix.Fstat(dh.fd, &st); err != nil {
+			return fs.ToErrno(err)
+		}
+		l = loc{fd: unix.AT_FDCWD, rel: "/proc/self/fd/" + strconv.Itoa(dh.fd)}
+	} else {
+		if errno != 0 {
+			return errno
+		}
+		if err := l.lstat(&st); err != nil {
+			return fs.ToErrno(err)
+		}
+	}
+	u.fillAttr(l.path(), &st, n.ino(), out)
+	switch {
+	case merged:
+		out.Nlink = 1
+	case indexed:
+		if v, ok := overlayXattr(l.path(), nlinkSuffix); ok {
+			if c, err := strconv.ParseUint(v, 10, 32); err == nil {
+				out.Nlink = uint32(c)
+			}
+		} else if lowerNlink > 0 && st.Nlink > 0 {
+			out.Nlink = lowerNlink
+		}
+	}
+	return 0
+}
+
+func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	u := n.u
+	var s syscall.Statfs_t
+	var err error
+	if u.upper != nil {
+		err = syscall.Fstatfs(u.upper.fd, &s)
+	} else {
+		err = syscall.Fstatfs(u.lowers[0].fd, &s)
+	}
+	if err != nil {
+		return fs.ToErrno(err)
+	}
+	out.FromStatfsT(&s)
+	return 0
+}
+
+func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	l, errno := n.where()
+	if errno != 0 {
+		return nil, errno
+	}
+	for sz := 256; ; sz *= 2 {
+		buf := make([]byte, sz)
+		m, err := unix.Readlinkat(l.fd, l.rel, buf)
+		if err != nil {
+			return nil, fs.ToErrno(err)
+		}
+		if m < sz {
+			return buf[:m], 0
+		}
+	}
+}
+
+func (n *node) Access(ctx context.Context, mask uint32) syscall.Errno {
+	// default_permissions makes the kernel check modes itself; only the
+	// write bit on a read-only view is ours to refuse.
+	if mask&unix.W_OK != 0 && n.u.readOnly {
+		return syscall.EROFS
+	}
+	return 0
+}
+
+func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if isPrivateXattr(attr) {
+		return 0, syscall.ENODATA
+	}
+	n.mu.Lock()
+	l, errno := n.whereLocked()
+	if errno == 0 && !l.upper {
+		if n.lowerXattrs == nil {
+			names, err := listXattrs(l.path())
+			if err != nil {
+				names = nil
+			}
+			n.lowerXattrs = append([]string{}, names...)
+		}
+		known := false
+		for _, x := range n.lowerXattrs {
+			known = known || x == attr
+		}
+		if !known {
+			n.mu.Unlock()
+			return 0, syscall.ENODATA
+		}
+	}
+	n.mu.Unlock()
+	if errno != 0 {
+		return 0, errno
+	}
+	sz, err := unix.Lgetxattr(l.path(), attr, dest)
+	return uint32(max(sz, 0)), fs.ToErrno(err)
+}
+
+func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	l, errno := n.where()
+	if errno != 0 {
+		return 0, errno
+	}
+	names, err := listXattrs(l.path())
+	if err != nil {
+		return 0, fs.ToErrno(err)
+	}
+	var b []byte
+	for _, nm := range names {
+		if isPrivateXattr(nm) {
+			continue
+		}
+		b = append(b, nm...)
+		b = append(b, 0)
+	}
+	if len(dest) == 0 {
+		return uint32(len(b)), 0
+	}
+	if len(b) > len(dest) {
+		return uint32(len(b)), syscall.ERANGE
+	}
+	return uint32(copy(dest, b)), 0
+}
+
+// attrForEntry fills the attributes of a node just looked up or made. A
+// new node is not in go-fuse's tree yet (its path is unknown until the
+// reply), so they come from what resolve found.
+func (n *node) attrForEntry(f *found, upperRel string, out *fuse.Attr) syscall.Errno {
+	if _, p := n.Parent(); p != nil {
+		return n.getattr(nil, out)
+	}
+	u := n.u
+	n.mu.Lock()
+	indexed := n.indexed
+	merged := n.isMerged()
+	n.mu.Unlock()
+	st := f.st
+	var path string
+	switch {
+	case indexed:
+		rel := u.indexRelFor(n.ino())
+		if err := unix.Fstatat(u.workFd, rel, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fs.ToErrno(err)
+		}
+		path = u.workPath + "/" + rel
+	case f.upper:
+		path = u.upper.path(upperRel)
+	case n.isDir:
+		path = u.lowers[f.lowerDirs[0].layer].path(f.lowerRel)
+	default:
+		path = u.lowers[f.lowerLayer].path(f.lowerRel)
+	}
+	u.fillAttr(path, &st, n.ino(), out)
+	if merged {
+		out.Nlink = 1
+	} else if indexed {
+		if v, ok := overlayXattr(path, nlinkSuffix); ok {
+			if c, err := strconv.ParseUint(v, 10, 32); err == nil {
+				out.Nlink = uint32(c)
+			}
+		}
+	}
+	return 0
+}

@@ -1,0 +1,158 @@
+package fusefs
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/layerfs/layerfs/whiteout"
+)
+
+// IDMap maps a range of IDs as the view presents them (ContainerID...) onto
+// the IDs stored on disk (HostID...), like fuse-overlayfs's
+// uidmapping=CONTAINER:HOST:SIZE.
+type IDMap struct {
+	ContainerID uint32
+	HostID      uint32
+	Size        uint32
+}
+
+// Options describe one union mount. The zero value of every field other
+// than Lowers is a sensible default; the field set is kept small and flat so
+// a command-line parser (layerfs-overlay) can fill it directly.
+type Options struct {
+	// Lowers are the read-only layer directories, top first. At least one
+	// is required unless Upper is set.
+	Lowers []string
+	// Upper receives every change. Work is a scratch directory on the same
+	// filesystem as Upper (copy-ups are built there and renamed into
+	// Upper; the hardlink index lives there). Both empty: read-only view.
+	Upper, Work string
+	// ReadOnly answers EROFS to every change even when Upper is set.
+	ReadOnly bool
+	// AllowOther lets users other than the mounter see the view.
+	AllowOther bool
+
+	// UIDMap and GIDMap translate owners between what the view shows and
+	// what is stored on disk (rootless presentation). Empty: identity.
+	// An on-disk ID outside every range shows as OverflowID (65534).
+	UIDMap, GIDMap []IDMap
+	// SquashUID and SquashGID, when set, make every object appear owned by
+	// that UID/GID (fuse-overlayfs's squash_to_uid/squash_to_gid;
+	// squash_to_root sets both to 0). On-disk owners are unchanged.
+	SquashUID, SquashGID *uint32
+
+	// XattrNamespace is the namespace the union WRITES its overlay
+	// metadata in (opaque dirs, redirects, origins): whiteout.Trusted when
+	// running as real root, whiteout.User for rootless, matching what
+	// kernel overlayfs (with or without -o userxattr) reads later. Both
+	// namespaces are always read.
+	XattrNamespace whiteout.Namespace
+
+	// Timeout is the entry and attribute cache timeout for objects that
+	// live in Upper (default 1s). LowerTimeout is the one for objects and
+	// directories that exist only in lowers, which cannot change except
+	// through this mount (default 1h). NegativeTimeout caches "no such
+	// name" answers (default: Timeout).
+	Timeout, LowerTimeout, NegativeTimeout time.Duration
+	// NoPassthrough disables FUSE passthrough of reads and writes on
+	// upper files (it is tried by default and only works as root on
+	// Linux >= 6.9).
+	NoPassthrough bool
+
+	// FsName is the source shown in /proc/mounts (default "layerfs").
+	FsName string
+	// ExtraMountOptions are passed to the kernel mount as they are
+	// (e.g. "noatime", "nosuid", "nodev").
+	ExtraMountOptions []string
+
+	// Debug logs every FUSE request and which I/O path each open took.
+	Debug bool
+	// Logger receives the union's log lines (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// OverflowID is shown for on-disk owners outside every IDMap range.
+const OverflowID = 65534
+
+func (o *Options) readOnlyView() bool { return o.ReadOnly || (o.Upper == "" && o.Work == "") }
+
+func (o *Options) validate() error {
+	if (o.Upper == "") != (o.Work == "") {
+		return errors.New("upper and work must be given together (or neither, for a read-only view)")
+	}
+	if len(o.Lowers) == 0 && o.Upper == "" {
+		return errors.New("need at least one lower or an upper")
+	}
+	if o.Upper != "" {
+		up, wk := filepath.Clean(o.Upper)+"/", filepath.Clean(o.Work)+"/"
+		if strings.HasPrefix(up, wk) || strings.HasPrefix(wk, up) {
+			return fmt.Errorf("upper %s and work %s must not contain each other", o.Upper, o.Work)
+		}
+	}
+	for _, m := range append(append([]IDMap{}, o.UIDMap...), o.GIDMap...) {
+		if m.Size == 0 {
+			return fmt.Errorf("id mapping %d:%d:%d has size 0", m.ContainerID, m.HostID, m.Size)
+		}
+	}
+	return nil
+}
+
+func (o *Options) withDefaults() Options {
+	c := *o
+	if c.Timeout == 0 {
+		c.Timeout = time.Second
+	}
+	if c.LowerTimeout == 0 {
+		c.LowerTimeout = time.Hour
+	}
+	if c.NegativeTimeout == 0 {
+		c.NegativeTimeout = c.Timeout
+	}
+	if c.FsName == "" {
+		c.FsName = "layerfs"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// idMapper translates IDs between the view and the disk.
+type idMapper struct {
+	m      []IDMap
+	squash *uint32
+}
+
+// toView maps an on-disk ID to the one shown.
+func (im idMapper) toView(id uint32) uint32 {
+	if im.squash != nil {
+		return *im.squash
+	}
+	if len(im.m) == 0 {
+		return id
+	}
+	for _, r := range im.m {
+		if id >= r.HostID && id-r.HostID < r.Size {
+			return r.ContainerID + (id - r.HostID)
+		}
+	}
+	return OverflowID
+}
+
+// toDisk maps an ID seen in the view (a caller's or a chown argument) to the
+// one stored. ok is false when no range holds it.
+func (im idMapper) toDisk(id uint32) (uint32, bool) {
+	if len(im.m) == 0 {
+		return id, true
+	}
+	for _, r := range im.m {
+		if id >= r.ContainerID && id-r.ContainerID < r.Size {
+			return r.HostID + (id - r.ContainerID), true
+		}
+	}
+	return 0, false
+}

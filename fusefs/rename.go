@@ -1,0 +1,166 @@
+package fusefs
+
+import (
+	"context"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"golang.org/x/sys/unix"
+)
+
+// Rename follows rename(2) and renameat2(2) (RENAME_NOREPLACE,
+// RENAME_EXCHANGE). Both objects are copied up first. A directory that has
+// lower layers is moved in the upper and given overlayfs's redirect xattr
+// ({trusted,user}.overlay.redirect = "/old/lower/path"), which is O(1) and
+// what kernel overlayfs with redirect_dir=on writes and reads, instead of
+// answering EXDEV. An upper-only directory moved onto a name the lowers
+// hold is marked opaque so the lowers' entries there stay hidden. The old
+// name gets a whiteout when the lowers still hold it.
+func (d *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	u := d.u
+	if u.readOnly || u.upper == nil {
+		return syscall.EROFS
+	}
+	nd, ok := newParent.(*node)
+	if !ok {
+		return syscall.EXDEV
+	}
+	const known = unix.RENAME_NOREPLACE | unix.RENAME_EXCHANGE
+	if flags&^known != 0 || flags == known {
+		return syscall.EINVAL
+	}
+	exchange := flags&unix.RENAME_EXCHANGE != 0
+	src, errno := u.resolve(d, name)
+	if errno != 0 {
+		return errno
+	}
+	dst, derr := u.resolve(nd, newName)
+	if derr != 0 && derr != syscall.ENOENT {
+		return derr
+	}
+	dstExists := derr == 0
+	if flags&unix.RENAME_NOREPLACE != 0 && dstExists {
+		return syscall.EEXIST
+	}
+	if exchange && !dstExists {
+		return syscall.ENOENT
+	}
+	sn, errno := d.childNode(ctx, name)
+	if errno != 0 {
+		return errno
+	}
+	srcDir := src.st.Mode&unix.S_IFMT == unix.S_IFDIR
+	var dn *node
+	if dstExists {
+		if dn, errno = nd.childNode(ctx, newName); errno != 0 {
+			return errno
+		}
+		if dn == sn {
+			// Two names of one object: rename(2) does nothing.
+			return 0
+		}
+		dstDir := dst.st.Mode&unix.S_IFMT == unix.S_IFDIR
+		if !exchange {
+			if srcDir && !dstDir {
+				return syscall.ENOTDIR
+			}
+			if !srcDir && dstDir {
+				return syscall.EISDIR
+			}
+			if dstDir {
+				if errno := u.emptyForRmdir(dn); errno != 0 {
+					return errno
+				}
+			}
+		}
+	}
+	if errno := u.copyUpDir(d); errno != 0 {
+		return errno
+	}
+	if errno := u.copyUpDir(nd); errno != 0 {
+		return errno
+	}
+	if errno := u.copyUpName(d, name, sn); errno != 0 {
+		return errno
+	}
+	if exchange {
+		if errno := u.copyUpName(nd, newName, dn); errno != 0 {
+			return errno
+		}
+	}
+	srel, ok1 := d.upperRel()
+	drel, ok2 := nd.upperRel()
+	if !ok1 || !ok2 {
+		return syscall.ENOENT
+	}
+	srel, drel = join(srel, name), join(drel, newName)
+	srcLowerHas := u.lowerHas(d, name)
+	dstLowerHas := u.lowerHas(nd, newName)
+	if errno := u.markMovedDir(sn, srel, dstLowerHas); errno != 0 {
+		return errno
+	}
+	if exchange {
+		if errno := u.markMovedDir(dn, drel, srcLowerHas); errno != 0 {
+			return errno
+		}
+		return fs.ToErrno(unix.Renameat2(u.upper.fd, srel, u.upper.fd, drel, unix.RENAME_EXCHANGE))
+	}
+	if dstExists && dst.upper && dst.st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		if err := u.clearUpperDir(drel); err != nil {
+			return fs.ToErrno(err)
+		}
+	}
+	var dstSt unix.Stat_t
+	if err := u.upper.lstat(drel, &dstSt); err == nil && isWhiteout(u.upper, drel, &dstSt, true) && srcDir {
+		// A dir cannot replace a whiteout device by rename(2).
+		if err := unix.Unlinkat(u.upper.fd, drel, 0); err != nil {
+			return fs.ToErrno(err)
+		}
+	}
+	if srcLowerHas {
+		err := unix.Renameat2(u.upper.fd, srel, u.upper.fd, drel, unix.RENAME_WHITEOUT)
+		if err == unix.EINVAL || err == unix.EPERM {
+			if err = unix.Renameat(u.upper.fd, srel, u.upper.fd, drel); err == nil {
+				err = u.makeWhiteout(srel)
+			}
+		}
+		if err != nil {
+			return fs.ToErrno(err)
+		}
+	} else if err := unix.Renameat(u.upper.fd, srel, u.upper.fd, drel); err != nil {
+		return fs.ToErrno(err)
+	}
+	// A .wh.NAME file at the destination no longer means anything but
+	// would hide lowers if the new object goes away: drop it.
+	ddir, dname := splitRel(drel)
+	unix.Unlinkat(u.upper.fd, join(ddir, ".wh."+dname), 0)
+	return 0
+}
+
+// markMovedDir prepares directory n (already in the upper at rel) to live
+// under another name: a dir with lowers records where they are; an
+// upper-only dir landing where lowers have entries becomes opaque.
+func (u *union) markMovedDir(n *node, rel string, targetLowerHas bool) syscall.Errno {
+	if !n.isDir {
+		return 0
+	}
+	n.mu.Lock()
+	lowers := len(n.lowerDirs)
+	lowerRel := n.lowerRel
+	n.mu.Unlock()
+	path := u.upper.path(rel)
+	if lowers > 0 {
+		if _, ok := overlayXattr(path, redirectSuffix); !ok {
+			if err := setOverlayXattr(path, u.ns, redirectSuffix, "/"+lowerRel); err != nil {
+				return fs.ToErrno(err)
+			}
+		}
+		return 0
+	}
+	if targetLowerHas {
+		if err := u.setOpaque(path); err != nil {
+			return fs.ToErrno(err)
+		}
+	}
+	return 0
+}

@@ -1,0 +1,371 @@
+package fusefs
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/statoverride"
+	"github.com/layerfs/layerfs/whiteout"
+)
+
+// union is the state shared by every node of one mount.
+type union struct {
+	opts     Options
+	log      *slog.Logger
+	upper    *layer   // nil for a read-only view
+	lowers   []*layer // top first
+	readOnly bool
+	ns       whiteout.Namespace
+
+	workFd   int // O_PATH of Work/layerfs (our scratch space)
+	workPath string
+	indexRel string // "index", under workFd
+	// workDev/workIno identify the work dir so a layer that contains it
+	// never shows it.
+	workDev, workIno uint64
+	hideWork         bool
+
+	inos  *inoMapper
+	uids  idMapper
+	gids  idMapper
+	tmpMu sync.Mutex
+	tmpN  uint64
+}
+
+func newUnion(o Options) (*union, error) {
+	u := &union{opts: o, log: o.Logger, ns: o.XattrNamespace, readOnly: o.readOnlyView(), workFd: -1}
+	u.uids = idMapper{m: o.UIDMap, squash: o.SquashUID}
+	u.gids = idMapper{m: o.GIDMap, squash: o.SquashGID}
+	var devs []uint64
+	if o.Upper != "" {
+		l, err := openLayer(o.Upper, true)
+		if err != nil {
+			return nil, err
+		}
+		u.upper = l
+		devs = append(devs, l.dev)
+	}
+	for _, p := range o.Lowers {
+		l, err := openLayer(p, false)
+		if err != nil {
+			u.close()
+			return nil, err
+		}
+		u.lowers = append(u.lowers, l)
+		devs = append(devs, l.dev)
+	}
+	u.inos = newInoMapper(devs)
+	if o.Work != "" {
+		var st unix.Stat_t
+		if err := unix.Stat(o.Work, &st); err != nil {
+			u.close()
+			return nil, fmt.Errorf("work dir %s: %w", o.Work, err)
+		}
+		u.workDev, u.workIno, u.hideWork = st.Dev, st.Ino, true
+		u.workPath = filepath.Join(o.Work, "layerfs")
+		for _, d := range []string{u.workPath, filepath.Join(u.workPath, "index"), filepath.Join(u.workPath, "tmp")} {
+			if err := os.Mkdir(d, 0o700); err != nil && !os.IsExist(err) {
+				u.close()
+				return nil, fmt.Errorf("prepare work dir: %w", err)
+			}
+		}
+		// Leftovers of a crash: half-built copy-ups never became visible.
+		if ents, err := os.ReadDir(filepath.Join(u.workPath, "tmp")); err == nil {
+			for _, e := range ents {
+				os.RemoveAll(filepath.Join(u.workPath, "tmp", e.Name()))
+			}
+		}
+		fd, err := unix.Open(u.workPath, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			u.close()
+			return nil, fmt.Errorf("open work dir: %w", err)
+		}
+		u.workFd = fd
+		u.indexRel = "index"
+		if u.upper != nil {
+			var ust unix.Stat_t
+			if err := unix.Fstat(fd, &ust); err == nil && ust.Dev != u.upper.dev {
+				u.close()
+				return nil, fmt.Errorf("work dir %s and upper %s are on different filesystems", o.Work, o.Upper)
+			}
+		}
+	}
+	return u, nil
+}
+
+func (u *union) close() {
+	if u.upper != nil {
+		unix.Close(u.upper.fd)
+	}
+	for _, l := range u.lowers {
+		unix.Close(l.fd)
+	}
+	if u.workFd >= 0 {
+		unix.Close(u.workFd)
+	}
+}
+
+func (u *union) tmpName() string {
+	u.tmpMu.Lock()
+	u.tmpN++
+	n := u.tmpN
+	u.tmpMu.Unlock()
+	return fmt.Sprintf("tmp/%d-%d", os.Getpid(), n)
+}
+
+func (u *union) debugf(msg string, args ...any) {
+	if u.opts.Debug {
+		u.log.Debug(msg, args...)
+	}
+}
+
+// hidden reports whether an entry of a layer is the work dir.
+func (u *union) isWorkDir(l *layer, ino uint64) bool {
+	return u.hideWork && l.dev == u.workDev && ino == u.workIno
+}
+
+// lowerDir is one lower layer merged into a directory.
+type lowerDir struct {
+	layer int  // index in union.lowers
+	xwh   bool // the dir may hold xattr whiteouts
+}
+
+// found describes what a name resolves to in the union.
+type found struct {
+	st       unix.Stat_t // of the topmost object (gives the attributes)
+	upper    bool        // topmost object is in the upper
+	upperXwh bool
+	// non-directories found in a lower: which one
+	lowerLayer int
+	// the object's path in the lowers (differs from the union path under a
+	// redirected directory)
+	lowerRel string
+	// directories: the lower dirs merged, top first
+	lowerDirs []lowerDir
+	// lowerNlink: st_nlink of the lower object (non-dirs)
+	lowerNlink uint32
+	lowerIno   uint64 // view ino of the topmost lower object, 0 if none
+}
+
+// resolve looks name up in directory d. ENOENT when hidden or absent.
+func (u *union) resolve(d *node, name string) (*found, syscall.Errno) {
+	if whiteout.ClassifyName(name).Kind != whiteout.None {
+		return nil, syscall.ENOENT
+	}
+	d.mu.Lock()
+	dirUpper := d.hasUpper
+	lowers := d.lowerDirs
+	dirLowerRel := d.lowerRel
+	index := d.lowerNames
+	d.mu.Unlock()
+
+	f := &found{lowerLayer: -1}
+	// unverified: lowerRel came from a redirect, so its directories were
+	// never checked to be directories in each layer.
+	unverified := false
+	lowerRel := join(dirLowerRel, name)
+	searchLowers := lowers
+	if dirUpper && u.upper != nil {
+		urel, ok := d.upperRel()
+		if !ok {
+			return nil, syscall.ENOENT
+		}
+		rel := join(urel, name)
+		var st unix.Stat_t
+		err := u.upper.lstat(rel, &st)
+		switch {
+		case err == nil && u.isWorkDir(u.upper, st.Ino):
+			return nil, syscall.ENOENT
+		case err == nil && isWhiteout(u.upper, rel, &st, false):
+			return nil, syscall.ENOENT
+		case err == nil:
+			f.st, f.upper = st, true
+			if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+				return f, 0
+			}
+			m := readDirMarks(u.upper, rel)
+			f.upperXwh = m.xwhiteouts
+			if m.opaque || hasWhFile(u.upper, rel) {
+				f.lowerRel = lowerRel
+				return f, 0
+			}
+			if m.hasRedirect && m.redirect != "" {
+				target, abs, ok := parseRedirect(m.redirect)
+				if !ok {
+					// A redirect we cannot trust merges nothing.
+					f.lowerRel = lowerRel
+					return f, 0
+				}
+				unverified = true
+				index = nil
+				if abs {
+					lowerRel = target
+					searchLowers = nil
+					for i := range u.lowers {
+						searchLowers = append(searchLowers, lowerDir{layer: i})
+					}
+				} else {
+					lowerRel = join(dirLowerRel, target)
+				}
+			}
+		case err == syscall.ENOENT || err == syscall.ENOTDIR:
+			if hasWhFile(u.upper, rel) {
+				return nil, syscall.ENOENT
+			}
+		default:
+			return nil, fs.ToErrno(err)
+		}
+	}
+	f.lowerRel = lowerRel
+	for i, ld := range searchLowers {
+		l := u.lowers[ld.layer]
+		if index != nil && index[i] != nil {
+			// The dir was listed: answer absent names without a
+			// syscall.
+			if _, ok := index[i][name]; !ok {
+				if _, wh := index[i][whiteout.Prefix+name]; wh {
+					break
+				}
+				continue
+			}
+		}
+		var st unix.Stat_t
+		var err error
+		if unverified {
+			err = l.lstatBeneath(lowerRel, &st)
+		} else {
+			err = l.lstat(lowerRel, &st)
+		}
+		if err != nil {
+			if !unverified && hasWhFile(l, lowerRel) {
+				break
+			}
+			continue
+		}
+		if u.isWorkDir(l, st.Ino) || isWhiteout(l, lowerRel, &st, ld.xwh) {
+			break
+		}
+		isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
+		if !f.upper && f.lowerIno == 0 && len(f.lowerDirs) == 0 {
+			// First, topmost object.
+			f.st = st
+			f.lowerIno = u.inos.ino(st.Dev, st.Ino)
+			if !isDir {
+				f.lowerLayer = ld.layer
+				f.lowerNlink = uint32(st.Nlink)
+				return f, 0
+			}
+		} else if !isDir {
+			// A non-dir below a dir ends the merge.
+			break
+		}
+		if f.upper && f.lowerIno == 0 {
+			f.lowerIno = u.inos.ino(st.Dev, st.Ino)
+		}
+		m := readDirMarks(l, lowerRel)
+		f.lowerDirs = append(f.lowerDirs, lowerDir{layer: ld.layer, xwh: m.xwhiteouts})
+		if m.opaque || hasWhFile(l, lowerRel) {
+			break
+		}
+	}
+	if !f.upper && f.lowerIno == 0 {
+		return nil, syscall.ENOENT
+	}
+	return f, 0
+}
+
+// viewIno computes the inode number the view shows for f.
+func (u *union) viewIno(f *found, upperRel string) uint64 {
+	if f.upper {
+		if o, ok := readOrigin(u.upper.path(upperRel)); ok {
+			return o
+		}
+		return u.inos.ino(f.st.Dev, f.st.Ino)
+	}
+	return f.lowerIno
+}
+
+// indexRelFor is the hardlink index entry of a view inode.
+func (u *union) indexRelFor(ino uint64) string {
+	return fmt.Sprintf("%s/%016x", u.indexRel, ino)
+}
+
+// fillAttr converts a host stat into the view's attributes.
+func (u *union) fillAttr(path string, st *unix.Stat_t, ino uint64, out *fuse.Attr) {
+	out.FromStat(toSyscallStat(st))
+	out.Ino = ino
+	if ov, ok, _ := statoverride.Get(path); ok {
+		out.Uid, out.Gid = ov.UID, ov.GID
+		out.Mode = out.Mode&unix.S_IFMT | ov.Mode&07777
+		if ov.HasType() && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size == 0 {
+			// A rootless store keeps devices, fifos and sockets as
+			// empty files that say what they stand for.
+			out.Mode = ov.Mode
+			out.Rdev = uint32(ov.Rdev)
+		}
+		if u.opts.SquashUID != nil {
+			out.Uid = *u.opts.SquashUID
+		}
+		if u.opts.SquashGID != nil {
+			out.Gid = *u.opts.SquashGID
+		}
+	} else {
+		out.Uid = u.uids.toView(out.Uid)
+		out.Gid = u.gids.toView(out.Gid)
+	}
+}
+
+func (u *union) timeouts(upper bool) time.Duration {
+	if upper {
+		return u.opts.Timeout
+	}
+	return u.opts.LowerTimeout
+}
+
+func toSyscallStat(st *unix.Stat_t) *syscall.Stat_t {
+	return &syscall.Stat_t{
+		Dev: st.Dev, Ino: st.Ino, Nlink: st.Nlink, Mode: st.Mode, Uid: st.Uid, Gid: st.Gid,
+		Rdev: st.Rdev, Size: st.Size, Blksize: st.Blksize, Blocks: st.Blocks,
+		Atim: syscall.Timespec(st.Atim), Mtim: syscall.Timespec(st.Mtim), Ctim: syscall.Timespec(st.Ctim),
+	}
+}
+
+// parseRedirect validates an overlay redirect xattr: an absolute path from
+// the layer roots, or one name relative to the parent's lower path.
+func parseRedirect(v string) (target string, abs, ok bool) {
+	v = strings.TrimRight(v, "\x00")
+	if strings.HasPrefix(v, "/") {
+		c := filepath.Clean(v)
+		if c == "/" {
+			return ".", true, true
+		}
+		return c[1:], true, true
+	}
+	if v == "" || v == "." || v == ".." || strings.Contains(v, "/") {
+		return "", false, false
+	}
+	return v, false, true
+}
+
+// presentedType is the file type the view shows for an object at path
+// with stat st (an override_stat record may turn an empty file into a
+// device, fifo or socket).
+func presentedType(path string, st *unix.Stat_t) uint32 {
+	t := st.Mode & unix.S_IFMT
+	if t == unix.S_IFREG && st.Size == 0 {
+		if ov, ok, _ := statoverride.Get(path); ok && ov.HasType() {
+			return ov.Mode & unix.S_IFMT
+		}
+	}
+	return t
+}

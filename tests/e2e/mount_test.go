@@ -1,0 +1,260 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/compression"
+	"github.com/layerfs/layerfs/internal/imagegen"
+	"github.com/layerfs/layerfs/internal/testutil"
+)
+
+// storeWithSample imports the generated three-layer sample image as demo:1.
+func storeWithSample(t *testing.T) *store {
+	t.Helper()
+	testutil.NeedRoot(t)
+	s := newStore(t)
+	layers, err := imagegen.SampleLayers()
+	must(t, err)
+	dir := filepath.Join(t.TempDir(), "image")
+	_, err = imagegen.WriteOCILayout(dir, layers, compression.Gzip, "demo:1")
+	must(t, err)
+	s.ok(nil, "import-image", dir)
+	return s
+}
+
+// mountView mounts ref at a fresh target with driver and registers the
+// unmount for cleanup.
+func (s *store) mountView(ref, driver string, extra ...string) string {
+	s.t.Helper()
+	target := filepath.Join(s.t.TempDir(), "mnt")
+	must(s.t, os.Mkdir(target, 0o755))
+	unmountOnCleanup(s.t, target)
+	args := append([]string{"mount", "--driver", driver}, extra...)
+	s.ok(nil, append(args, ref, target)...)
+	if !isMounted(target) {
+		s.t.Fatalf("mount returned before %s was mounted", target)
+	}
+	return target
+}
+
+type mountEntry struct {
+	Target, View, Driver, State string
+	PID                         int
+}
+
+func (s *store) mounts() []mountEntry {
+	s.t.Helper()
+	var m []mountEntry
+	must(s.t, json.Unmarshal([]byte(s.ok(nil, "mounts", "--json").stdout), &m))
+	return m
+}
+
+// change makes the changes the lifecycle scenario asks for, in a view.
+func change(t *testing.T, mnt string) {
+	t.Helper()
+	must(t, os.WriteFile(filepath.Join(mnt, "etc/hostname"), []byte("changed\n"), 0o644))
+	must(t, os.Remove(filepath.Join(mnt, "bin/tool-alias")))
+	must(t, os.RemoveAll(filepath.Join(mnt, "var/cache")))
+	must(t, os.MkdirAll(filepath.Join(mnt, "var/cache/new"), 0o755))
+	must(t, os.Rename(filepath.Join(mnt, "home/user"), filepath.Join(mnt, "home/renamed")))
+	must(t, os.Link(filepath.Join(mnt, "etc/hostname"), filepath.Join(mnt, "etc/hostname.link")))
+	must(t, os.Chmod(filepath.Join(mnt, "bin/tool"), 0o700))
+	must(t, os.WriteFile(filepath.Join(mnt, "added"), []byte("new file\n"), 0o600))
+}
+
+// snapshot describes a tree: type, mode, size, content hash or link target.
+func snapshot(t *testing.T, root string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		desc := fi.Mode().String()
+		switch {
+		case fi.Mode().IsRegular():
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			desc += " " + sha256hex(data)
+		case fi.Mode()&os.ModeSymlink != 0:
+			target, _ := os.Readlink(p)
+			desc += " -> " + target
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && !fi.IsDir() {
+			desc += " uid=" + strconv.Itoa(int(st.Uid)) + " nlink=" + strconv.Itoa(int(st.Nlink))
+		}
+		out[rel] = desc
+		return nil
+	})
+	must(t, err)
+	return out
+}
+
+func sameTree(t *testing.T, what string, a, b map[string]string) {
+	t.Helper()
+	for k, v := range a {
+		if b[k] != v {
+			t.Errorf("%s: %s is %q, then %q", what, k, v, b[k])
+		}
+	}
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			t.Errorf("%s: %s appeared", what, k)
+		}
+	}
+}
+
+func TestViewLifecycleAcrossDrivers(t *testing.T) {
+	for _, order := range [][2]string{{"kernel", "fuse"}, {"fuse", "kernel"}} {
+		t.Run(order[0]+"-then-"+order[1], func(t *testing.T) {
+			s := storeWithSample(t)
+			view := s.ok(nil, "create", "--name", "work", "demo:1").lastLine()
+			mnt := s.mountView("work", order[0])
+			m := s.mounts()
+			if len(m) != 1 || m[0].Driver != order[0] || m[0].State != "mounted" || m[0].View != view {
+				t.Fatalf("mount table: %+v", m)
+			}
+			change(t, mnt)
+			before := snapshot(t, mnt)
+			if _, ok := before["home/renamed/notes.txt"]; !ok {
+				t.Fatal("renamed lower dir lost its contents")
+			}
+			s.ok(nil, "umount", mnt)
+			if isMounted(mnt) || len(s.mounts()) != 0 {
+				t.Fatal("umount left the mount or its table entry")
+			}
+			again := s.mountView(view[:10], order[1])
+			sameTree(t, order[0]+" then "+order[1], before, snapshot(t, again))
+			s.fails(nil, []string{"rm-view", "work"}, "mounted")
+			s.ok(nil, "umount", "work")
+			s.ok(nil, "rm-view", "work")
+		})
+	}
+}
+
+func TestMountAutoFallsBackToUnion(t *testing.T) {
+	s := storeWithSample(t)
+	target := filepath.Join(t.TempDir(), "mnt")
+	must(t, os.Mkdir(target, 0o755))
+	unmountOnCleanup(t, target)
+	cmd := exec.Command(binPath, "--store", s.root, "mount", "demo:1", target)
+	cmd.Env = append(os.Environ(), "LAYERFS_KERNEL_PROBE=fail")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "FUSE union") {
+		t.Fatalf("mount with a failing probe: %v: %s", err, out)
+	}
+	if m := s.mounts(); len(m) != 1 || m[0].Driver != "fuse" {
+		t.Fatalf("mount table: %+v", m)
+	}
+	s.ok(nil, "umount", target)
+	out2 := s.ok(nil, "mount", "demo:1", target)
+	if !strings.Contains(out2.stderr, "kernel overlay") {
+		t.Fatalf("auto without a forced failure did not pick the kernel as root: %s", out2.stderr)
+	}
+	s.ok(nil, "umount", target)
+}
+
+func TestKilledDaemonIsReportedAndCleanedUp(t *testing.T) {
+	s := storeWithSample(t)
+	view := s.ok(nil, "create", "demo:1").lastLine()
+	mnt := s.mountView(view, "fuse")
+	must(t, os.WriteFile(filepath.Join(mnt, "complete"), []byte("all of it\n"), 0o644))
+	m := s.mounts()
+	must(t, unix.Kill(m[0].PID, unix.SIGKILL))
+	deadline := time.Now().Add(5 * time.Second)
+	for s.mounts()[0].State != "dead" && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st := s.mounts()[0].State; st != "dead" {
+		t.Fatalf("mounts reports %q for a killed daemon", st)
+	}
+	if _, err := os.Stat(filepath.Join(mnt, "complete")); err == nil {
+		t.Fatal("a dead mount still answers")
+	}
+	s.ok(nil, "umount", mnt)
+	if isMounted(mnt) || len(s.mounts()) != 0 {
+		t.Fatal("umount did not clean up a dead mount")
+	}
+	again := s.mountView(view, "fuse")
+	if data, err := os.ReadFile(filepath.Join(again, "complete")); err != nil || string(data) != "all of it\n" {
+		t.Fatalf("completed write lost after kill -9: %q %v", data, err)
+	}
+	s.ok(nil, "umount", again)
+}
+
+func TestMountTmpAndSigterm(t *testing.T) {
+	s := storeWithSample(t)
+	r := s.ok(nil, "mount", "--tmp", "--driver", "fuse", "demo:1")
+	dir := r.lastLine()
+	unmountOnCleanup(t, dir)
+	if data, err := os.ReadFile(filepath.Join(dir, "etc/hostname")); err != nil || string(data) != "layerfs-demo-v2\n" {
+		t.Fatalf("tmp view: %q %v", data, err)
+	}
+	s.ok(nil, "umount", dir)
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("umount left the tmp dir: %v", err)
+	}
+	if out := s.ok(nil, "views", "--json").stdout; strings.TrimSpace(out) != "[]" {
+		t.Fatalf("umount left the tmp view: %s", out)
+	}
+	// SIGTERM to the daemon unmounts and forgets the mount.
+	mnt := s.mountView("demo:1", "fuse")
+	must(t, unix.Kill(s.mounts()[0].PID, unix.SIGTERM))
+	deadline := time.Now().Add(5 * time.Second)
+	for (isMounted(mnt) || len(s.mounts()) > 0) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if isMounted(mnt) || len(s.mounts()) > 0 {
+		t.Fatal("SIGTERM did not unmount cleanly")
+	}
+}
+
+func TestUmountBusyAndLazy(t *testing.T) {
+	for _, driver := range []string{"kernel", "fuse"} {
+		t.Run(driver, func(t *testing.T) {
+			s := storeWithSample(t)
+			mnt := s.mountView("demo:1", driver)
+			f, err := os.Open(filepath.Join(mnt, "etc/hostname"))
+			must(t, err)
+			s.fails(nil, []string{"umount", mnt}, "busy", "--lazy")
+			s.ok(nil, "umount", "--lazy", mnt)
+			f.Close()
+			if isMounted(mnt) {
+				t.Fatal("lazy umount left the mount")
+			}
+		})
+	}
+}
+
+func TestLayersUsedByViewsAndMountsCannotBeRemoved(t *testing.T) {
+	s := storeWithSample(t)
+	var img struct {
+		Layers []string `json:"layers"`
+	}
+	must(t, json.Unmarshal([]byte(s.ok(nil, "inspect", "demo:1").stdout), &img))
+	top := img.Layers[len(img.Layers)-1]
+	s.ok(nil, "rmi", "demo:1")
+	view := s.ok(nil, "create", top).lastLine()
+	s.fails(nil, []string{"rm", top}, "in use", "view")
+	s.ok(nil, "rm-view", view)
+	mnt := s.mountView(top, "fuse", "--ro")
+	s.fails(nil, []string{"rm", top}, "in use", "mount "+mnt)
+	if err := os.WriteFile(filepath.Join(mnt, "x"), nil, 0o644); err == nil {
+		t.Fatal("a --ro mount took a write")
+	}
+	s.ok(nil, "umount", mnt)
+	s.ok(nil, "rm", top)
+}
