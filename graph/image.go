@@ -233,6 +233,11 @@ func (s *Store) appendJournal(dir string, id digest.Digest) error {
 // saveImage writes (or merges into) the image's record and moves its names
 // away from any other image that had them.
 func (s *Store) saveImage(rec *Image, src ociimage.Image) (*Image, error) {
+	return s.saveImageRecord(rec, src.ManifestBytes, src.ConfigBytes)
+}
+
+// saveImageRecord stores an image record with its manifest and config.
+func (s *Store) saveImageRecord(rec *Image, manifest, config []byte) (*Image, error) {
 	unlock, err := s.lock()
 	if err != nil {
 		return nil, err
@@ -255,10 +260,10 @@ func (s *Store) saveImage(rec *Image, src ociimage.Image) (*Image, error) {
 		if err := s.writeRecordFile(filepath.Join(st.dir, imageRecord), rec); err != nil {
 			return nil, err
 		}
-		if err := os.WriteFile(filepath.Join(st.dir, manifestFile), src.ManifestBytes, 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(st.dir, manifestFile), manifest, 0o600); err != nil {
 			return nil, fmt.Errorf("write manifest: %w", err)
 		}
-		if err := os.WriteFile(filepath.Join(st.dir, configFile), src.ConfigBytes, 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(st.dir, configFile), config, 0o600); err != nil {
 			return nil, fmt.Errorf("write config: %w", err)
 		}
 		if err := syncFilesystem(st.dir); err != nil {

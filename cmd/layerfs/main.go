@@ -57,6 +57,8 @@ func newApp() *cli.App {
 			mountCommand(),
 			umountCommand(),
 			mountsCommand(),
+			diffCommand(),
+			commitCommand(),
 		},
 	}
 }

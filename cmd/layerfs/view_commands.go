@@ -513,3 +513,76 @@ func mountsCommand() *cli.Command {
 }
 
 func digestOf(s string) digest.Digest { return digest.Digest(s) }
+
+func diffCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "diff",
+		Usage:     "list a view's changes as A (added), C (changed) and D (deleted) lines",
+		ArgsUsage: "VIEW",
+		Flags:     []cli.Flag{jsonFlag},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("diff: want one VIEW")
+			}
+			s, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			_, list, err := s.Diff(c.Context, c.Args().First())
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				type change struct {
+					Kind string `json:"kind"`
+					Path string `json:"path"`
+				}
+				out := []change{}
+				for _, ch := range list {
+					out = append(out, change{string(ch.Kind), ch.Path})
+				}
+				return printJSON(c.App.Writer, out)
+			}
+			for _, ch := range list {
+				fmt.Fprintln(c.App.Writer, ch)
+			}
+			return nil
+		},
+	}
+}
+
+func commitCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "commit",
+		Usage: "register a view's changes as a new layer on its layer and print the chain ID",
+		Description: `The view then sits on the new layer with an empty upper (--keep leaves it as
+it was). A mounted view can be committed with --keep: its upper is read in
+place and the commit only stands if nothing changed while it was read (it
+starts over otherwise), so the layer is the upper as it was at one instant.`,
+		ArgsUsage: "VIEW",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "name", Usage: "also record an image NAME:TAG with the new layer on top"},
+			&cli.StringFlag{Name: "message", Aliases: []string{"m"}, Usage: "history comment of the image"},
+			&cli.BoolFlag{Name: "keep", Usage: "leave the view's upper as it is"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("commit: want one VIEW")
+			}
+			s, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			l, img, err := s.Commit(c.Context, c.Args().First(), graph.CommitOptions{
+				Name: c.String("name"), Message: c.String("message"), Keep: c.Bool("keep")})
+			if err != nil {
+				return err
+			}
+			if img != nil {
+				fmt.Fprintf(c.App.ErrWriter, "image %s: %s\n", img.Names[0], img.ID)
+			}
+			fmt.Fprintln(c.App.Writer, l.ChainID)
+			return nil
+		},
+	}
+}
