@@ -69,7 +69,12 @@ func (u *union) copyUpDir(d *node) syscall.Errno {
 		return fs.ToErrno(err)
 	}
 	d.hasUpper = true
+	d.listing = nil
 	u.debugf("copy-up dir", "path", rel)
+	// The kernel may hold the lower dir's attributes for LowerTimeout;
+	// the upper copy's change as entries are added. Tell it, outside
+	// this request (an invalidation must not wait on it).
+	go d.NotifyContent(0, 0)
 	return 0
 }
 

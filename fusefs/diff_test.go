@@ -52,11 +52,14 @@ func TestDifferentialAgainstKernelOverlay(t *testing.T) {
 // buildLayers writes two lower layers with files, dirs, symlinks,
 // hardlinks, whiteouts and an opaque dir.
 func buildLayers(t *testing.T, r *rand.Rand, base string) []string {
-	top, bottom := filepath.Join(base, "l0"), filepath.Join(base, "l1")
+	// Three layers, so directories merged from several of them are small
+	// enough for the union's lookup-time name index.
+	top, bottom, base0 := filepath.Join(base, "l0"), filepath.Join(base, "l1"), filepath.Join(base, "l2")
 	mustMkdir(t, top)
 	mustMkdir(t, bottom)
+	mustMkdir(t, base0)
 	old := time.Unix(1_600_000_000, 123456789)
-	for li, l := range []string{bottom, top} {
+	for li, l := range []string{base0, bottom, top} {
 		for i := 0; i < 12; i++ {
 			dir := l
 			if r.IntN(3) > 0 {
@@ -112,7 +115,7 @@ func buildLayers(t *testing.T, r *rand.Rand, base string) []string {
 		return nil
 	})
 	// Directory times last, once their contents are written.
-	for _, l := range []string{top, bottom} {
+	for _, l := range []string{top, bottom, base0} {
 		filepath.Walk(l, func(p string, fi os.FileInfo, err error) error {
 			if err == nil {
 				unix.UtimesNanoAt(unix.AT_FDCWD, p, []unix.Timespec{unix.NsecToTimespec(old.UnixNano()), unix.NsecToTimespec(old.UnixNano())}, unix.AT_SYMLINK_NOFOLLOW)
@@ -120,7 +123,7 @@ func buildLayers(t *testing.T, r *rand.Rand, base string) []string {
 			return nil
 		})
 	}
-	return []string{top, bottom}
+	return []string{top, bottom, base0}
 }
 
 func copyTree(t *testing.T, src, dst string) {
@@ -195,7 +198,48 @@ func randomOp(r *rand.Rand, files, dirs []string, n int) op {
 	}
 	newName := func() string { return filepath.Join(pick(dirs), fmt.Sprintf("n%d", n)) }
 	fixed := time.Unix(1_500_000_000+int64(n), int64(n)*1000+7)
-	switch r.IntN(16) {
+	switch r.IntN(22) {
+	case 16:
+		p := pick(files)
+		return op{"open O_TRUNC " + p, func(root string) error {
+			f, err := os.OpenFile(filepath.Join(root, p), os.O_WRONLY|os.O_TRUNC|syscall.O_NONBLOCK, 0)
+			if err != nil {
+				return err
+			}
+			return f.Close()
+		}}
+	case 17:
+		p := anyPath()
+		return op{"removexattr " + p, func(root string) error {
+			return unix.Lremovexattr(filepath.Join(root, p), "user.l")
+		}}
+	case 18:
+		p, q := anyPath(), anyPath()
+		return op{"exchange " + p + " " + q, func(root string) error {
+			return unix.Renameat2(unix.AT_FDCWD, filepath.Join(root, p), unix.AT_FDCWD, filepath.Join(root, q), unix.RENAME_EXCHANGE)
+		}}
+	case 19:
+		p, q := anyPath(), anyPath()
+		if r.IntN(2) == 0 {
+			q = newName()
+		}
+		return op{"rename noreplace " + p + " " + q, func(root string) error {
+			return unix.Renameat2(unix.AT_FDCWD, filepath.Join(root, p), unix.AT_FDCWD, filepath.Join(root, q), unix.RENAME_NOREPLACE)
+		}}
+	case 20:
+		p := anyPath()
+		return op{"unlink-or-rmdir " + p, func(root string) error {
+			if r := filepath.Join(root, p); len(p)%2 == 0 {
+				return syscall.Unlink(r)
+			} else {
+				return syscall.Rmdir(r)
+			}
+		}}
+	case 21:
+		q := newName()
+		return op{"mknod chr " + q, func(root string) error {
+			return syscall.Mknod(filepath.Join(root, q), syscall.S_IFCHR|0o600, int(unix.Mkdev(1, 3)))
+		}}
 	case 0:
 		p := newName()
 		return op{"create " + p, func(root string) error {
@@ -290,7 +334,8 @@ func runDifferential(t *testing.T, seed uint64, steps int) {
 	}
 	kmnt := filepath.Join(base, "kmnt")
 	mountKernelOverlay(t, kLowers, filepath.Join(base, "kup"), filepath.Join(base, "kwork"), kmnt)
-	umnt := mountT(t, Options{Lowers: uLowers, Upper: filepath.Join(base, "uup"), Work: filepath.Join(base, "uwork")})
+	// dev,suid: FUSE mounts default to nodev,nosuid; overlayfs does not.
+	umnt := mountT(t, Options{Lowers: uLowers, Upper: filepath.Join(base, "uup"), Work: filepath.Join(base, "uwork"), ExtraMountOptions: []string{"dev", "suid"}})
 	start := time.Now().Add(-time.Minute)
 
 	if diff := compareTrees(kmnt, umnt, start); diff != "" {
@@ -308,6 +353,15 @@ func runDifferential(t *testing.T, seed uint64, steps int) {
 	}
 	if diff := compareTrees(kmnt, umnt, start); diff != "" {
 		t.Fatalf("trees differ after:\n%s\n\ndifferences:\n%s", strings.Join(log, "\n"), diff)
+	}
+	// A fresh (read-only) mount of what the union wrote shows the same:
+	// origins, the hardlink index and redirects persist.
+	umnt2 := mountT(t, Options{Lowers: uLowers, Upper: filepath.Join(base, "uup"), Work: filepath.Join(base, "uwork"), ReadOnly: true})
+	if diff := compareTrees(kmnt, umnt2, start); diff != "" {
+		t.Fatalf("a remount of the union differs from the kernel:\n%s\n\nops:\n%s", diff, strings.Join(log, "\n"))
+	}
+	if a, b := inodeMap(umnt), inodeMap(umnt2); a != b {
+		t.Errorf("inode numbers changed across remount:\n%s\n---\n%s", a, b)
 	}
 	// The upper the union wrote must read the same under kernel overlayfs.
 	kmnt2, kwork2 := filepath.Join(base, "kmnt2"), filepath.Join(base, "kwork2")
@@ -476,4 +530,18 @@ func TestCompareTreesDetects(t *testing.T) {
 			t.Errorf("%s: difference not detected", name)
 		}
 	}
+}
+
+// inodeMap renders path -> st_ino of a tree.
+func inodeMap(root string) string {
+	var lines []string
+	filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err == nil {
+			rel, _ := filepath.Rel(root, p)
+			lines = append(lines, fmt.Sprintf("%s %d", rel, fi.Sys().(*syscall.Stat_t).Ino))
+		}
+		return nil
+	})
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"github.com/layerfs/layerfs/statoverride"
 	"github.com/layerfs/layerfs/whiteout"
 )
 
@@ -105,6 +106,10 @@ func (u *union) list(n *node) ([]fuse.DirEntry, syscall.Errno) {
 		l   *layer
 		rel string
 		xwh bool
+		// overrides: the dir has an override_stat record, as rootless
+		// stores give every entry; its empty files may stand for
+		// devices, so d_type must come from their records.
+		overrides bool
 	}
 	var srcs []src
 	if hasUpper && u.upper != nil {
@@ -122,6 +127,9 @@ func (u *union) list(n *node) ([]fuse.DirEntry, syscall.Errno) {
 		index = make([]map[string]struct{}, len(lowers))
 	}
 	for i, s := range srcs {
+		if _, err := getXattr(s.l.path(s.rel), statoverride.Xattr); err == nil {
+			s.overrides = true
+		}
 		ents, err := readLayerDir(s.l, s.rel)
 		if err != nil {
 			if i == 0 {
@@ -149,7 +157,7 @@ func (u *union) list(n *node) ([]fuse.DirEntry, syscall.Errno) {
 			}
 			rel := join(s.rel, e.name)
 			mode := dtToMode(e.typ)
-			if e.typ == unix.DT_CHR || e.typ == unix.DT_UNKNOWN || (s.xwh && e.typ == unix.DT_REG) {
+			if e.typ == unix.DT_CHR || e.typ == unix.DT_UNKNOWN || (e.typ == unix.DT_REG && (s.xwh || s.overrides)) {
 				var st unix.Stat_t
 				if err := s.l.lstat(rel, &st); err != nil {
 					continue
@@ -158,6 +166,9 @@ func (u *union) list(n *node) ([]fuse.DirEntry, syscall.Errno) {
 				if isWhiteout(s.l, rel, &st, s.xwh) {
 					seen[e.name] = true
 					continue
+				}
+				if s.overrides {
+					mode = presentedType(s.l.path(rel), &st)
 				}
 			}
 			if u.isWorkDir(s.l, e.ino) {
@@ -204,14 +215,28 @@ var (
 	_ fs.FileFsyncdirer   = (*dirHandle)(nil)
 )
 
+// maxCachedListing bounds the merged listing a lower-only directory keeps
+// between opens (entries); bigger ones are merged again at each opendir.
+const maxCachedListing = 50000
+
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	ents, errno := n.u.list(n)
-	if errno != 0 {
-		return nil, 0, errno
-	}
 	n.mu.Lock()
 	upper := n.hasUpper
+	ents := n.listing
 	n.mu.Unlock()
+	if upper || ents == nil {
+		var errno syscall.Errno
+		if ents, errno = n.u.list(n); errno != 0 {
+			return nil, 0, errno
+		}
+		if !upper && len(ents) <= maxCachedListing {
+			// A lower-only directory cannot change without being
+			// copied up first, which stops the cache being used.
+			n.mu.Lock()
+			n.listing = ents
+			n.mu.Unlock()
+		}
+	}
 	var fl uint32
 	if !upper {
 		// Nothing can change a lower-only directory but this mount,

@@ -1,42 +1,114 @@
 // Package fusefs is layerfs's userspace union filesystem: a go-fuse server
 // that mounts "lowers + upper + work" as kernel overlayfs does, for callers
-// that cannot mount overlayfs. It knows nothing of the layer store.
+// that cannot mount overlayfs (rootless, nested, sandboxes). It knows
+// nothing of the layer store: it is given directories.
 //
-// Semantics (kernel overlayfs is the reference):
+//	srv, err := fusefs.Mount("/mnt/view", fusefs.Options{
+//		Lowers: []string{"/layers/top", "/layers/base"}, // top first
+//		Upper:  "/views/1/upper", Work: "/views/1/work",
+//		XattrNamespace: whiteout.User, // rootless: what overlayfs -o userxattr reads
+//	})
+//	...
+//	srv.Unmount() // or umount / fusermount3 -u; srv.Wait() returns then
+//
+// # Semantics (kernel overlayfs is the reference)
 //
 //   - Lookup goes top-down: upper, then the lowers. A whiteout (0/0 char
 //     device, ".wh.NAME" file, or an xattr whiteout in a directory marked
 //     overlay.opaque="x") hides the name below; an opaque directory
 //     ({trusted,user}.overlay.opaque="y" or a ".wh..wh..opq" file) hides
 //     the lowers' contents; a non-directory hides a lower directory.
-//     Whiteouts, markers, ".wh." names and the work dir never show.
-//   - Readdir merges the layers at opendir into a snapshot; offsets are
-//     indexes into it, so telldir/seekdir are stable; rewinddir takes a new
-//     snapshot. d_ino equals st_ino.
-//   - st_dev is the mount's; st_ino comes from the origin object: (st_dev,
-//     st_ino) of the topmost lower object, packed xino-style with a device
-//     index (upper first, then lowers) when the layers span devices. A
-//     copy-up records it as {trusted,user}.layerfs.origin (decimal), so the
-//     number survives copy-up and remounts. Every name of a hardlink group
-//     is one node. Merged directories report st_nlink 1, as overlayfs does.
+//     Whiteouts, markers, ".wh." names and the work dir never show, in
+//     lookup and in readdir alike (kernel overlayfs lists the whiteouts of a
+//     lower dir that exists in one layer only; the union does not). Names
+//     starting with ".wh." cannot be created (EINVAL): they would read back
+//     as whiteouts.
+//   - Readdir merges the layers into a snapshot at opendir; offsets are
+//     indexes into it, so telldir/seekdir stay valid whatever changes;
+//     rewinddir takes a new snapshot. d_type and d_ino are those of stat.
+//   - One st_dev. st_ino comes from the origin object: (st_dev, st_ino) of
+//     the topmost lower object, packed xino-style with a device index
+//     (upper first, then the lowers, in order) when the layers span several
+//     filesystems, so numbers are stable across remounts of the same view.
+//     Every name of a hardlink group (within a layer, or lowers
+//     materialized as hardlinks of their parent's files) is one node with
+//     one st_ino, and st_nlink is the lower's own from the first stat.
+//     Merged directories report st_nlink 1, as overlayfs does.
 //   - Owners and modes come from user.containers.override_stat where it is
-//     present (chmod/chown then rewrite the record), else from disk through
-//     Options.UIDMap/GIDMap and the squash options.
-//   - Copy-up (first open for write, truncate, chmod, chown, utimens,
-//     setxattr, removexattr, link, rename) builds the copy under
-//     WORK/layerfs/tmp (data via copy_file_range over the data extents
-//     only, so holes stay holes; owner, mode, xattrs, ns times) and renames
-//     it into the upper; parents first. A lower object with st_nlink > 1 is
-//     copied once into WORK/layerfs/index/<ino> and hard-linked to each
-//     name as it is copied up, so all names keep sharing data; the index
-//     entry carries {trusted,user}.layerfs.nlink, the union's link count.
-//   - Unlink/rmdir of names the lowers hold leave a 0/0 whiteout (a
-//     ".wh.NAME" file when mknod is refused); mkdir over a whiteout makes an
-//     opaque dir. Metadata xattrs are written in Options.XattrNamespace, so
-//     kernel overlayfs can mount the upper later.
-//   - Rename of a directory with lower layers writes overlayfs's redirect
-//     xattr ("/path/in/lowers") on the moved upper dir instead of EXDEV.
-//   - A read-only view (no upper, or ReadOnly) answers EROFS to changes.
+//     present (chmod/chown then rewrite the record; an empty file whose
+//     record names a device, fifo or socket shows as one), otherwise from
+//     disk through Options.UIDMap/GIDMap and the squash options.
+//   - Copy-up on the first change of a lower object (open for write,
+//     truncate, chmod, chown, utimens, setxattr, removexattr, link,
+//     rename): data with copy_file_range over the data extents only
+//     (SEEK_DATA/SEEK_HOLE: holes stay holes), owner, mode, xattrs
+//     (security.capability and ACLs included; overlay bookkeeping not),
+//     times to the nanosecond. Parents are copied up first, each with its
+//     own metadata. A write never reaches a lower inode.
+//   - Unlink/rmdir of names the lowers hold leave a 0/0 whiteout; mkdir
+//     over a whiteout makes an opaque directory; create over a whiteout
+//     replaces it atomically.
+//   - Rename works for files and directories, RENAME_NOREPLACE and
+//     RENAME_EXCHANGE included, and POSIX rename over an (empty) directory.
+//     Renaming a directory that has lower layers works (kernel overlayfs
+//     without redirect_dir answers EXDEV): see "What the union writes".
+//   - Permissions are checked by the kernel (default_permissions). A
+//     read-only view (no Upper and Work, or ReadOnly) answers EROFS.
 //
-// Known gaps are listed in /tmp/fusefs-status.md while this is young.
+// # What the union writes
+//
+// The upper is one kernel overlayfs can mount afterwards (with
+// redirect_dir=on, and -o userxattr when XattrNamespace is User):
+//
+//   - Whiteouts are 0/0 character devices (a ".wh.NAME" file only where
+//     mknod is refused). Opaque directories carry NS.overlay.opaque="y".
+//     NS is Options.XattrNamespace ("trusted" or "user"); when trusted.*
+//     is refused the union falls back to user.*, then to ".wh..wh..opq".
+//   - A renamed directory that has lower layers gets
+//     NS.overlay.redirect="/its/path/in/the/lowers" (overlayfs's absolute
+//     redirect format) and the old name a whiteout: O(1), no subtree copy.
+//     An upper-only directory moved onto a name the lowers hold is made
+//     opaque. Both absolute and relative (kernel-written) redirects are
+//     read.
+//   - Every copied-up object carries NS.layerfs.origin = its view st_ino
+//     (decimal), so st_ino survives copy-up and remounts (symlinks only
+//     where the namespace allows xattrs on them, i.e. trusted).
+//   - Work/layerfs/tmp holds copy-ups being built (a crash leaves only
+//     files there, removed at the next mount); every copy-up is renamed or
+//     linked into place, so the upper shows either the lower object or
+//     the complete copy. Work/layerfs/index/<st_ino as 16 hex digits> holds
+//     the upper copy of a lower hardlink group (st_nlink > 1): the name a
+//     change came through (one of the group's looked-up names for changes
+//     that carry no name, like chmod) and every name linked or renamed
+//     through the union is hard-linked to it, so all names keep sharing data (overlayfs's index=on); the
+//     entry carries NS.layerfs.nlink, the group's link count in the view.
+//
+// # Speed
+//
+// Lower-only objects get Options.LowerTimeout entry and attribute
+// timeouts (they cannot change except through this mount, which tells the
+// kernel), lower files keep their page cache across opens (keep_cache),
+// lower-only directories their readdir cache. A readdir remembers each
+// lower directory's names so the lookups that follow (ls -l, find) skip
+// one stat per layer. The xattr names of lower objects are cached, so the
+// kernel's security.* probes cost no syscall. Upper files use FUSE
+// passthrough where the kernel (6.9+) and privileges allow it (root;
+// inside a user namespace the kernel refuses and reads go through the
+// daemon); with Debug, every open logs which path it took. Requests are
+// served in parallel: state is per node, under per-node locks.
+//
+// # Known limits
+//
+//   - Names of a lower hardlink group that were never changed, linked or
+//     renamed through the union are not linked into the upper: the union
+//     finds the new data through its index, kernel overlayfs mounting the
+//     upper later does not (it shows those names with the lower data).
+//   - POSIX ACLs are copied but not enforced by the kernel through the view
+//     (FUSE_POSIX_ACL is not negotiated: it would make the union apply
+//     umask and default ACLs itself).
+//   - Uppers written by overlayfs with metacopy=on (data left in a lower)
+//     and overlayfs's own index dir are not read; its whiteouts, opaque
+//     dirs and redirects are.
+//   - st_nlink of a lower object counts the lower's names, including names
+//     whited out in the view (as overlayfs does).
 package fusefs

@@ -22,10 +22,12 @@ type fileHandle struct {
 }
 
 // ptHandle is a fileHandle that offers its descriptor for FUSE
-// passthrough. Only upper files get one: the kernel reopens the backing
-// file with the caller's flags, so a lower descriptor must never be used,
-// and all opens of a node must agree on passthrough or the kernel
-// answers EIO (see node.openCached/openPT).
+// passthrough. Upper files get one, lower files only in a read-only view:
+// go-fuse and the kernel keep one backing file per inode and the kernel
+// reopens it with each caller's flags, so in a writable view a lower
+// backing file could serve a write-open after copy-up. All opens of a
+// node must also agree on passthrough or the kernel answers EIO (see
+// node.openCached/openPT).
 type ptHandle struct{ *fileHandle }
 
 func (h ptHandle) PassthroughFd() (int, bool) { return h.fd, true }
@@ -62,7 +64,9 @@ func (u *union) newHandle(n *node, fd int, upper bool, rel string) (fs.FileHandl
 	}
 	path := "cached"
 	switch {
-	case upper && !u.opts.NoPassthrough && n.openCached == 0:
+	case (upper || u.readOnly) && !u.opts.NoPassthrough && n.openCached == 0:
+		// Lower files qualify only in a read-only view, where no
+		// copy-up can ever follow.
 		h.pt = true
 		n.openPT++
 		path = "passthrough (if the kernel accepts the backing fd)"

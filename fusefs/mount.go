@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -16,9 +17,10 @@ import (
 
 // Server is a mounted union.
 type Server struct {
-	srv    *fuse.Server
-	u      *union
-	target string
+	srv       *fuse.Server
+	u         *union
+	target    string
+	closeOnce sync.Once
 }
 
 // Mount mounts the union described by opts on target and returns once the
@@ -87,7 +89,7 @@ func slogAdapter(l *slog.Logger) *log.Logger {
 // fusermount3 -u).
 func (s *Server) Wait() {
 	s.srv.Wait()
-	s.u.close()
+	s.closeOnce.Do(s.u.close)
 }
 
 // Unmount detaches the union. When the mount is busy it falls back to a
@@ -102,6 +104,11 @@ func (s *Server) Unmount() error {
 	if err != nil {
 		return fmt.Errorf("unmount %s: %w", s.target, err)
 	}
+	// The layer descriptors are closed once no request can use them.
+	go func() {
+		s.srv.Wait()
+		s.closeOnce.Do(s.u.close)
+	}()
 	return nil
 }
 
@@ -122,6 +129,7 @@ func (u *union) rootNode() (*node, uint64, error) {
 	if err := top.lstat(".", &st); err != nil {
 		return nil, 0, err
 	}
+	n.lowerDirBytes = u.rootLowerBytes
 	ino := u.inos.ino(st.Dev, st.Ino)
 	if u.upper != nil {
 		if o, ok := readOrigin(u.upper.root); ok {
@@ -140,6 +148,10 @@ func (u *union) rootLowers() []lowerDir {
 	var out []lowerDir
 	for i, l := range u.lowers {
 		m := readDirMarks(l, ".")
+		var st unix.Stat_t
+		if l.lstat(".", &st) == nil {
+			u.rootLowerBytes += st.Size
+		}
 		out = append(out, lowerDir{layer: i, xwh: m.xwhiteouts})
 		if m.opaque {
 			break

@@ -34,6 +34,11 @@ type node struct {
 	// not read yet), so the kernel's frequent probes (security.*, on
 	// every ls -l and write) cost no syscall.
 	lowerXattrs []string
+	// lowerDirBytes: see found.lowerDirBytes.
+	lowerDirBytes int64
+	// listing caches the merged listing of a lower-only directory
+	// (shared read-only by the handles; ".." is the parent's at the time).
+	listing []fuse.DirEntry
 	// indexed: the data lives in the work dir's hardlink index (a lower
 	// hardlink group was copied up), shared by every name of the group.
 	indexed    bool
@@ -161,6 +166,7 @@ func (u *union) newNodeFor(f *found) *node {
 	n.hasUpper = f.upper
 	if n.isDir {
 		n.lowerDirs = f.lowerDirs
+		n.lowerDirBytes = f.lowerDirBytes
 	}
 	return n
 }
@@ -180,9 +186,11 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	rel := join(dirRel, name)
 	ino := u.viewIno(f, rel)
 	child := u.newNodeFor(f)
-	if !f.upper && !child.isDir && f.lowerNlink > 1 && u.workFd >= 0 {
+	if !child.isDir && u.workFd >= 0 && (f.lowerNlink > 1 || (f.upper && f.st.Nlink > 1)) {
 		// A lower hardlink group copied up earlier (maybe in an
-		// earlier mount) lives in the index.
+		// earlier mount) lives in the index; its names may be upper
+		// links to it or lower names not linked yet, and one node
+		// serves them all.
 		var st unix.Stat_t
 		if unix.Fstatat(u.workFd, u.indexRelFor(ino), &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
 			child.indexed = true

@@ -65,11 +65,17 @@ type Options struct {
 
 	// FsName is the source shown in /proc/mounts (default "layerfs").
 	FsName string
-	// ExtraMountOptions are passed to the kernel mount as they are
-	// (e.g. "noatime", "nosuid", "nodev").
+	// ExtraMountOptions are generic mount options: "dev", "suid", "exec"
+	// and their no- forms, "noatime", "nodiratime", "relatime",
+	// "strictatime", "ro", "sync", "dirsync", "lazytime"; others go to the
+	// FUSE mount as they are. Like every FUSE mount (and fuse-overlayfs)
+	// the view is nodev,nosuid unless "dev"/"suid" are given, which a
+	// container root filesystem needs.
 	ExtraMountOptions []string
 
-	// Debug logs every FUSE request and which I/O path each open took.
+	// Debug logs every FUSE request, every copy-up and which I/O path
+	// each open took (passthrough, cached lower, cached upper), at
+	// slog.LevelDebug on Logger.
 	Debug bool
 	// Logger receives the union's log lines (default slog.Default()).
 	Logger *slog.Logger

@@ -521,7 +521,28 @@ func TestOverrideStatType(t *testing.T) {
 	if err := statoverride.Set(p, statoverride.Stat{UID: 0, GID: 0, Mode: unix.S_IFCHR | 0o666, Rdev: unix.Mkdev(1, 3)}); err != nil {
 		t.Fatal(err)
 	}
+	if err := statoverride.Set(lowers[0], statoverride.Stat{UID: 0, GID: 0, Mode: unix.S_IFDIR | 0o755}); err != nil {
+		t.Fatal(err)
+	}
 	mnt := mountT(t, Options{Lowers: lowers, Upper: upper, Work: work})
+	// Plain getdents first (no lookup yet), then stat.
+	f, err := os.Open(mnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	n, err := unix.Getdents(int(f.Fd()), buf)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for b := buf[:n]; len(b) > 0; {
+		reclen := int(b[16]) | int(b[17])<<8
+		if name := string(bytes.TrimRight(b[19:reclen], "\x00")); name == "null" && b[18] != unix.DT_CHR {
+			t.Errorf("getdents d_type of null = %d, want DT_CHR", b[18])
+		}
+		b = b[reclen:]
+	}
 	st := lstat(t, filepath.Join(mnt, "null"))
 	if st.Mode != unix.S_IFCHR|0o666 || st.Rdev != unix.Mkdev(1, 3) {
 		t.Errorf("null shows mode %o rdev %x", st.Mode, st.Rdev)
@@ -674,5 +695,107 @@ func TestConcurrentCopyUp(t *testing.T) {
 	ents, _ := os.ReadDir(filepath.Join(work, "layerfs/tmp"))
 	if len(ents) != 0 {
 		t.Errorf("work dir keeps %d temporaries", len(ents))
+	}
+}
+
+// TestAncestorAttrsAfterCopyUp: lower-only dirs are cached for a long
+// time; copying them up (for a create deeper down) must not leave the
+// kernel showing the lower attributes.
+func TestAncestorAttrsAfterCopyUp(t *testing.T) {
+	lowers, upper, work := layerDirs(t, 1)
+	mustWrite(t, filepath.Join(lowers[0], "a/b/f"), "f")
+	old := time.Unix(1_000_000_000, 0)
+	os.Chtimes(filepath.Join(lowers[0], "a"), old, old)
+	mnt := mountT(t, Options{Lowers: lowers, Upper: upper, Work: work})
+	if st := lstat(t, filepath.Join(mnt, "a")); st.Mtim.Sec != old.Unix() {
+		t.Fatalf("a mtime %d, want %d", st.Mtim.Sec, old.Unix())
+	}
+	if err := os.WriteFile(filepath.Join(mnt, "a/b/new"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want := lstat(t, filepath.Join(upper, "a")).Mtim
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		got := lstat(t, filepath.Join(mnt, "a")).Mtim
+		if got == want {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a shows mtime %v, upper copy has %v", got, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestReadOnlyOverUsedUpper: a read-only view of an upper the union wrote
+// shows its changes (hardlink index included) and changes nothing.
+func TestReadOnlyOverUsedUpper(t *testing.T) {
+	lowers, upper, work := layerDirs(t, 1)
+	mustWrite(t, filepath.Join(lowers[0], "a"), "old")
+	os.Link(filepath.Join(lowers[0], "a"), filepath.Join(lowers[0], "b"))
+	mnt := mountT(t, Options{Lowers: lowers, Upper: upper, Work: work})
+	if err := os.WriteFile(filepath.Join(mnt, "a"), []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := run(t, "find", upper, work, "-printf", "%p %s %T@\n")
+	ro := mountT(t, Options{Lowers: lowers, Upper: upper, Work: work, ReadOnly: true})
+	for _, n := range []string{"a", "b"} {
+		if b, err := os.ReadFile(filepath.Join(ro, n)); string(b) != "new" {
+			t.Errorf("%s reads %q, %v in the read-only view", n, b, err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(ro, "b"), []byte("x"), 0o644); !errorsIs(err, syscall.EROFS) {
+		t.Errorf("write: %v, want EROFS", err)
+	}
+	if after := run(t, "find", upper, work, "-printf", "%p %s %T@\n"); after != before {
+		t.Errorf("read-only view changed upper or work:\n%s\n%s", before, after)
+	}
+}
+
+// TestCrossDeviceLayers: a lower on another filesystem (tmpfs) than the
+// upper: st_ino stays unique and stable (device index packed in), and
+// copy-up falls back from copy_file_range to read/write.
+func TestCrossDeviceLayers(t *testing.T) {
+	needFuse(t)
+	shm, err := os.MkdirTemp("/dev/shm", "fusefs-xdev-")
+	if err != nil {
+		t.Skip("no writable /dev/shm")
+	}
+	t.Cleanup(func() { os.RemoveAll(shm) })
+	lowers, upper, work := layerDirs(t, 1)
+	var a, b unix.Stat_t
+	unix.Stat(shm, &a)
+	unix.Stat(upper, &b)
+	if a.Dev == b.Dev {
+		t.Skip("/dev/shm is on the same filesystem")
+	}
+	for i := 0; i < 20; i++ {
+		mustWrite(t, filepath.Join(shm, fmt.Sprint("s", i)), fmt.Sprint("shm", i))
+		mustWrite(t, filepath.Join(lowers[0], fmt.Sprint("e", i)), fmt.Sprint("ext", i))
+	}
+	mnt := mountT(t, Options{Lowers: []string{shm, lowers[0]}, Upper: upper, Work: work})
+	seen := map[uint64]string{}
+	for _, n := range names(t, mnt) {
+		ino := lstat(t, filepath.Join(mnt, n)).Ino
+		if other, dup := seen[ino]; dup {
+			t.Errorf("%s and %s share st_ino %d", n, other, ino)
+		}
+		seen[ino] = n
+	}
+	before := lstat(t, filepath.Join(mnt, "s3")).Ino
+	if err := os.WriteFile(filepath.Join(mnt, "s3"), []byte("changed"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(upper, "s3")); string(b) != "changed" {
+		t.Errorf("upper copy holds %q", b)
+	}
+	if err := unix.Setxattr(filepath.Join(mnt, "s4"), "user.x", []byte("1"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(upper, "s4")); string(b) != "shm4" {
+		t.Errorf("cross-device copy-up data: %q", b)
+	}
+	if after := lstat(t, filepath.Join(mnt, "s3")).Ino; after != before {
+		t.Errorf("st_ino %d before copy-up, %d after", before, after)
 	}
 }

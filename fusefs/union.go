@@ -35,11 +35,12 @@ type union struct {
 	workDev, workIno uint64
 	hideWork         bool
 
-	inos  *inoMapper
-	uids  idMapper
-	gids  idMapper
-	tmpMu sync.Mutex
-	tmpN  uint64
+	inos           *inoMapper
+	rootLowerBytes int64
+	uids           idMapper
+	gids           idMapper
+	tmpMu          sync.Mutex
+	tmpN           uint64
 }
 
 func newUnion(o Options) (*union, error) {
@@ -73,22 +74,30 @@ func newUnion(o Options) (*union, error) {
 		}
 		u.workDev, u.workIno, u.hideWork = st.Dev, st.Ino, true
 		u.workPath = filepath.Join(o.Work, "layerfs")
-		for _, d := range []string{u.workPath, filepath.Join(u.workPath, "index"), filepath.Join(u.workPath, "tmp")} {
-			if err := os.Mkdir(d, 0o700); err != nil && !os.IsExist(err) {
-				u.close()
-				return nil, fmt.Errorf("prepare work dir: %w", err)
+		if !u.readOnly {
+			for _, d := range []string{u.workPath, filepath.Join(u.workPath, "index"), filepath.Join(u.workPath, "tmp")} {
+				if err := os.Mkdir(d, 0o700); err != nil && !os.IsExist(err) {
+					u.close()
+					return nil, fmt.Errorf("prepare work dir: %w", err)
+				}
+			}
+			// Leftovers of a crash: half-built copy-ups never became
+			// visible.
+			if ents, err := os.ReadDir(filepath.Join(u.workPath, "tmp")); err == nil {
+				for _, e := range ents {
+					os.RemoveAll(filepath.Join(u.workPath, "tmp", e.Name()))
+				}
 			}
 		}
-		// Leftovers of a crash: half-built copy-ups never became visible.
-		if ents, err := os.ReadDir(filepath.Join(u.workPath, "tmp")); err == nil {
-			for _, e := range ents {
-				os.RemoveAll(filepath.Join(u.workPath, "tmp", e.Name()))
-			}
-		}
+		// A read-only view of a used upper still needs the hardlink
+		// index to read; a fresh one has none.
 		fd, err := unix.Open(u.workPath, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		if err != nil {
+		if err != nil && !(u.readOnly && os.IsNotExist(err)) {
 			u.close()
 			return nil, fmt.Errorf("open work dir: %w", err)
+		}
+		if err != nil {
+			fd = -1
 		}
 		u.workFd = fd
 		u.indexRel = "index"
@@ -142,9 +151,8 @@ type lowerDir struct {
 
 // found describes what a name resolves to in the union.
 type found struct {
-	st       unix.Stat_t // of the topmost object (gives the attributes)
-	upper    bool        // topmost object is in the upper
-	upperXwh bool
+	st    unix.Stat_t // of the topmost object (gives the attributes)
+	upper bool        // topmost object is in the upper
 	// non-directories found in a lower: which one
 	lowerLayer int
 	// the object's path in the lowers (differs from the union path under a
@@ -155,6 +163,9 @@ type found struct {
 	// lowerNlink: st_nlink of the lower object (non-dirs)
 	lowerNlink uint32
 	lowerIno   uint64 // view ino of the topmost lower object, 0 if none
+	// lowerDirBytes sums the st_size of the lower dirs: a cheap measure
+	// of how many names they hold.
+	lowerDirBytes int64
 }
 
 // resolve looks name up in directory d. ENOENT when hidden or absent.
@@ -162,11 +173,11 @@ func (u *union) resolve(d *node, name string) (*found, syscall.Errno) {
 	if whiteout.ClassifyName(name).Kind != whiteout.None {
 		return nil, syscall.ENOENT
 	}
+	index := u.nameIndex(d)
 	d.mu.Lock()
 	dirUpper := d.hasUpper
 	lowers := d.lowerDirs
 	dirLowerRel := d.lowerRel
-	index := d.lowerNames
 	d.mu.Unlock()
 
 	f := &found{lowerLayer: -1}
@@ -194,7 +205,6 @@ func (u *union) resolve(d *node, name string) (*found, syscall.Errno) {
 				return f, 0
 			}
 			m := readDirMarks(u.upper, rel)
-			f.upperXwh = m.xwhiteouts
 			if m.opaque || hasWhFile(u.upper, rel) {
 				f.lowerRel = lowerRel
 				return f, 0
@@ -274,6 +284,7 @@ func (u *union) resolve(d *node, name string) (*found, syscall.Errno) {
 		}
 		m := readDirMarks(l, lowerRel)
 		f.lowerDirs = append(f.lowerDirs, lowerDir{layer: ld.layer, xwh: m.xwhiteouts})
+		f.lowerDirBytes += st.Size
 		if m.opaque || hasWhFile(l, lowerRel) {
 			break
 		}
@@ -368,4 +379,45 @@ func presentedType(path string, st *unix.Stat_t) uint32 {
 		}
 	}
 	return t
+}
+
+// Deep stacks: a lookup of a name that most layers lack costs two stats
+// per layer (the name and its ".wh." file). Directories whose lower copies
+// are small together are read once instead and their names kept; big ones
+// are never loaded by a lookup (only a readdir builds their index).
+const (
+	indexMinLayers = 3
+	indexMaxBytes  = 256 << 10
+)
+
+// nameIndex returns d's per-layer name sets, building them for a small
+// directory spread over several lower layers.
+func (u *union) nameIndex(d *node) []map[string]struct{} {
+	d.mu.Lock()
+	index := d.lowerNames
+	lowers := d.lowerDirs
+	rel := d.lowerRel
+	build := index == nil && len(lowers) >= indexMinLayers && d.lowerDirBytes > 0 && d.lowerDirBytes <= indexMaxBytes
+	d.mu.Unlock()
+	if !build {
+		return index
+	}
+	index = make([]map[string]struct{}, len(lowers))
+	for i, ld := range lowers {
+		ents, err := readLayerDir(u.lowers[ld.layer], rel)
+		if err != nil {
+			continue // nil set: that layer is asked name by name
+		}
+		set := make(map[string]struct{}, len(ents))
+		for _, e := range ents {
+			set[e.name] = struct{}{}
+		}
+		index[i] = set
+	}
+	d.mu.Lock()
+	if d.lowerNames == nil && sameLowers(d.lowerDirs, lowers) && d.lowerRel == rel {
+		d.lowerNames = index
+	}
+	d.mu.Unlock()
+	return index
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/layerfs/layerfs/compression"
 	"github.com/layerfs/layerfs/ociimage"
 )
 
@@ -439,4 +440,56 @@ func (s *Store) DeleteImage(ctx context.Context, ref string) (*Image, bool, erro
 	}
 	s.log.Info("removed image", "id", img.ID)
 	return img, true, nil
+}
+
+// ExportImageFormat is what ExportImage writes.
+type ExportImageFormat string
+
+// Export formats.
+const (
+	ExportOCILayout     ExportImageFormat = "oci"
+	ExportOCIArchive    ExportImageFormat = "oci-archive"
+	ExportDockerArchive ExportImageFormat = "docker"
+)
+
+// ExportImage writes an image as an OCI layout directory, an oci-archive
+// or a docker-archive, its layers reassembled from the store (and checked
+// against their diffIDs) and compressed as c (OCI formats only).
+func (s *Store) ExportImage(ctx context.Context, ref string, format ExportImageFormat, target string, c compression.Format) (*Image, error) {
+	img, err := s.Image(ref)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := s.ImageConfig(img.ID)
+	if err != nil {
+		return nil, fmt.Errorf("export image %s: config: %w", img.displayName(), err)
+	}
+	out := ociimage.ImageToWrite{Config: cfg, Names: img.Names}
+	for _, id := range img.Layers {
+		l, err := s.readLayer(id)
+		if err != nil {
+			return nil, fmt.Errorf("export image %s: %w", img.displayName(), err)
+		}
+		out.Layers = append(out.Layers, ociimage.LayerToWrite{
+			DiffID: l.DiffID,
+			Write: func(ctx context.Context, w io.Writer) error {
+				_, err := s.Export(ctx, l.ChainID.String(), w, compression.None)
+				return err
+			},
+		})
+	}
+	switch format {
+	case ExportOCILayout:
+		_, err = ociimage.WriteOCILayout(ctx, target, out, c)
+	case ExportOCIArchive:
+		_, err = ociimage.WriteOCIArchive(ctx, target, out, c)
+	case ExportDockerArchive:
+		err = ociimage.WriteDockerArchive(ctx, target, out)
+	default:
+		return nil, fmt.Errorf("export image: unknown format %q (want oci, oci-archive or docker)", format)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("export image %s: %w", img.displayName(), err)
+	}
+	return img, nil
 }

@@ -59,6 +59,7 @@ func newApp() *cli.App {
 			mountsCommand(),
 			diffCommand(),
 			commitCommand(),
+			exportImageCommand(),
 		},
 	}
 }

@@ -626,3 +626,34 @@ func humanSize(n int64) string {
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
+
+func exportImageCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "export-image",
+		Usage:     "write an image as an OCI layout directory, an oci-archive or a docker-archive",
+		ArgsUsage: "IMAGE DIR|FILE",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "format", Value: "oci", Usage: "oci (a layout directory), oci-archive or docker"},
+			&cli.StringFlag{Name: "compress", Value: "gzip", Usage: "layer compression for oci formats: gzip, zstd or none"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 2 {
+				return fmt.Errorf("export-image: want IMAGE and a target DIR or FILE")
+			}
+			format, err := compression.ParseFormat(c.String("compress"))
+			if err != nil {
+				return fmt.Errorf("export-image: %w", err)
+			}
+			s, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			img, err := s.ExportImage(c.Context, c.Args().First(), graph.ExportImageFormat(c.String("format")), c.Args().Get(1), format)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(c.App.Writer, img.ID)
+			return nil
+		},
+	}
+}
