@@ -475,27 +475,14 @@ func rmCommand() *cli.Command {
 		Usage:     "remove layers nothing uses (no child layer, image, view or mount)",
 		ArgsUsage: "ID...",
 		Action: func(c *cli.Context) error {
-			if c.NArg() == 0 {
-				return fmt.Errorf("rm: want at least one layer ID")
-			}
 			s, err := openStore(c)
 			if err != nil {
 				return err
 			}
-			var failed []string
-			for _, ref := range c.Args().Slice() {
+			return eachArg(c, "rm", func(ref string) (string, error) {
 				id, err := s.DeleteLayer(c.Context, ref)
-				if err != nil {
-					fmt.Fprintf(c.App.ErrWriter, "layerfs: rm %s: %v\n", ref, err)
-					failed = append(failed, ref)
-					continue
-				}
-				fmt.Fprintln(c.App.Writer, id)
-			}
-			if len(failed) > 0 {
-				return fmt.Errorf("rm: %d of %d not removed", len(failed), c.NArg())
-			}
-			return nil
+				return id.String(), err
+			})
 		},
 	}
 }
@@ -506,33 +493,44 @@ func rmiCommand() *cli.Command {
 		Usage:     "remove image names; an image goes with its last name (its layers stay until rm)",
 		ArgsUsage: "NAME|ID...",
 		Action: func(c *cli.Context) error {
-			if c.NArg() == 0 {
-				return fmt.Errorf("rmi: want at least one image name or ID")
-			}
 			s, err := openStore(c)
 			if err != nil {
 				return err
 			}
-			var failed []string
-			for _, ref := range c.Args().Slice() {
+			return eachArg(c, "rmi", func(ref string) (string, error) {
 				img, gone, err := s.DeleteImage(c.Context, ref)
 				if err != nil {
-					fmt.Fprintf(c.App.ErrWriter, "layerfs: rmi %s: %v\n", ref, err)
-					failed = append(failed, ref)
-					continue
+					return "", err
 				}
 				if gone {
-					fmt.Fprintf(c.App.Writer, "deleted: %s\n", img.ID)
-				} else {
-					fmt.Fprintf(c.App.Writer, "untagged: %s\n", ref)
+					return "deleted: " + img.ID.String(), nil
 				}
-			}
-			if len(failed) > 0 {
-				return fmt.Errorf("rmi: %d of %d not removed", len(failed), c.NArg())
-			}
-			return nil
+				return "untagged: " + ref, nil
+			})
 		},
 	}
+}
+
+// eachArg runs fn on every argument, printing what it returns, reporting
+// each failure on stderr and going on; it fails at the end if any failed.
+func eachArg(c *cli.Context, verb string, fn func(ref string) (string, error)) error {
+	if c.NArg() == 0 {
+		return fmt.Errorf("%s: want at least one argument", verb)
+	}
+	failed := 0
+	for _, ref := range c.Args().Slice() {
+		out, err := fn(ref)
+		if err != nil {
+			fmt.Fprintf(c.App.ErrWriter, "layerfs: %s %s: %v\n", verb, ref, err)
+			failed++
+			continue
+		}
+		fmt.Fprintln(c.App.Writer, out)
+	}
+	if failed > 0 {
+		return fmt.Errorf("%s: %d of %d failed", verb, failed, c.NArg())
+	}
+	return nil
 }
 
 func checkCommand() *cli.Command {

@@ -98,27 +98,17 @@ func rmViewCommand() *cli.Command {
 		Usage:     "remove views and their changes (refused while mounted)",
 		ArgsUsage: "VIEW...",
 		Action: func(c *cli.Context) error {
-			if c.NArg() == 0 {
-				return fmt.Errorf("rm-view: want at least one view")
-			}
 			s, err := openStore(c)
 			if err != nil {
 				return err
 			}
-			failed := 0
-			for _, ref := range c.Args().Slice() {
+			return eachArg(c, "rm-view", func(ref string) (string, error) {
 				v, err := s.DeleteView(c.Context, ref)
 				if err != nil {
-					fmt.Fprintf(c.App.ErrWriter, "layerfs: rm-view %s: %v\n", ref, err)
-					failed++
-					continue
+					return "", err
 				}
-				fmt.Fprintln(c.App.Writer, v.ID)
-			}
-			if failed > 0 {
-				return fmt.Errorf("rm-view: %d of %d not removed", failed, c.NArg())
-			}
-			return nil
+				return v.ID, nil
+			})
 		},
 	}
 }
