@@ -1,7 +1,6 @@
 package graph
 
 import (
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/klauspost/compress/gzip"
 	"github.com/opencontainers/go-digest"
 	"github.com/vbatts/tar-split/tar/storage"
 	"golang.org/x/sys/unix"
@@ -169,7 +169,12 @@ func (s *Store) applyInto(ctx context.Context, dir string, r io.Reader) (*Layer,
 		return nil, fmt.Errorf("register layer: %w", err)
 	}
 	defer metaFile.Close()
-	zw := gzip.NewWriter(metaFile)
+	// The record is mostly raw headers: the fastest level keeps it small
+	// enough, and import is a hot path.
+	zw, err := gzip.NewWriterLevel(metaFile, gzip.BestSpeed)
+	if err != nil {
+		return nil, fmt.Errorf("register layer: %w", err)
+	}
 	splitter := layertar.NewSplitter(plain, storage.NewJSONPacker(zw))
 	res, err := apply.Apply(ctx, splitter, filepath.Join(dir, layerDiffDir), apply.Options{
 		OpaqueNamespace: s.ns,

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 
@@ -37,6 +38,23 @@ func newApp() *cli.App {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "store", Usage: "store directory (default: /var/lib/layerfs as root, $XDG_DATA_HOME/layerfs otherwise)", EnvVars: []string{"LAYERFS_STORE"}},
 			&cli.BoolFlag{Name: "debug", Usage: "log what layerfs does to stderr"},
+			&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a CPU profile to FILE"},
+		},
+		Before: func(c *cli.Context) error {
+			if p := c.String("cpuprofile"); p != "" {
+				f, err := os.Create(p)
+				if err != nil {
+					return err
+				}
+				return pprof.StartCPUProfile(f)
+			}
+			return nil
+		},
+		After: func(c *cli.Context) error {
+			if c.String("cpuprofile") != "" {
+				pprof.StopCPUProfile()
+			}
+			return nil
 		},
 		HideHelpCommand: true,
 		Commands: []*cli.Command{
