@@ -66,7 +66,11 @@ func (u *union) copyUpDir(d *node) syscall.Errno {
 	}
 	if err := unix.Renameat(u.workFd, tmp, u.upper.fd, rel); err != nil {
 		unix.Unlinkat(u.workFd, tmp, unix.AT_REMOVEDIR)
-		return fs.ToErrno(err)
+		// A copy-up of another name of a hardlink group may have made
+		// it (by path) already.
+		if u.upper.lstat(rel, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			return fs.ToErrno(err)
+		}
 	}
 	d.hasUpper = true
 	d.listing = nil
@@ -101,64 +105,116 @@ func (u *union) copyUp(n *node, skipData bool) syscall.Errno {
 	if errno := u.copyUpDir(pn); errno != 0 {
 		return errno
 	}
+	created, errno := u.copyUpFile(n, pn, name, skipData)
+	// Directories made for the group's other names: their nodes (taken
+	// after n's lock is released) learn they have an upper now.
+	u.markUpperDirs(created)
+	return errno
+}
+
+// copyUpFile does copyUp's work under n's lock. A lower hardlink group
+// whose names all lie in its layer is copied once and linked under every
+// name the view shows as that object, so the upper alone describes the
+// view; a group with names elsewhere (a layer hardlinking its parent's
+// files) goes through the hardlink index.
+func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (created []string, errno syscall.Errno) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.hasUpper || n.indexed {
-		return 0
+		return nil, 0
 	}
 	prel, ok := pn.upperRel()
 	if !ok {
-		return syscall.ENOENT
+		return nil, syscall.ENOENT
 	}
 	rel := join(prel, name)
 	if n.lowerLayer < 0 {
-		return syscall.EIO
+		return nil, syscall.EIO
 	}
 	src := u.lowers[n.lowerLayer]
 	var st unix.Stat_t
 	if err := src.lstat(n.lowerRel, &st); err != nil {
-		return fs.ToErrno(err)
+		return nil, fs.ToErrno(err)
 	}
-	indexed := st.Nlink > 1
 	idx := u.indexRelFor(n.ino())
-	if indexed {
+	var others []string // the group's other visible names, linked to the copy
+	indexed := false
+	viewNlink := uint32(st.Nlink)
+	if st.Nlink > 1 {
 		// Another mount (or a crash after indexing) may have done it.
 		var ist unix.Stat_t
 		if unix.Fstatat(u.workFd, idx, &ist, unix.AT_SYMLINK_NOFOLLOW) == nil {
 			if err := unix.Linkat(u.workFd, idx, u.upper.fd, rel, 0); err != nil && !errors.Is(err, unix.EEXIST) {
-				return fs.ToErrno(err)
+				return nil, fs.ToErrno(err)
 			}
 			n.indexed, n.hasUpper = true, true
-			return 0
+			return nil, 0
+		}
+		vis, complete := u.visibleGroupNames(n.lowerLayer, &st)
+		seen := false
+		for _, p := range vis {
+			if p != rel {
+				others = append(others, p)
+			} else {
+				seen = true
+			}
+		}
+		// Linking the names the lower paths give is the whole group
+		// only when view paths are lower paths (no redirect) and every
+		// name is in this layer; otherwise the index serves the names
+		// not linked yet (copyUpName links them as they are used).
+		indexed = !complete || !seen
+		for _, p := range u.hardlinks(src).names[st.Ino] {
+			indexed = indexed || u.underRedirect(p)
+		}
+		if indexed {
+			viewNlink = u.lowerViewNlink(n.lowerLayer, &st)
 		}
 	}
 	tmp := u.tmpName()
 	tmpPath := u.workPath + "/" + tmp
 	if err := u.copyObject(src, n.lowerRel, &st, tmp, skipData); err != nil {
 		unix.Unlinkat(u.workFd, tmp, 0)
-		return fs.ToErrno(err)
+		return nil, fs.ToErrno(err)
 	}
 	if err := u.copyMeta(src.path(n.lowerRel), tmpPath, &st, n.ino()); err != nil {
 		unix.Unlinkat(u.workFd, tmp, 0)
-		return fs.ToErrno(err)
+		return nil, fs.ToErrno(err)
 	}
 	if indexed {
-		setOverlayXattr(tmpPath, u.ns, nlinkSuffix, strconv.FormatUint(uint64(st.Nlink), 10))
+		setOverlayXattr(tmpPath, u.ns, nlinkSuffix, strconv.FormatUint(uint64(viewNlink), 10))
 		if err := unix.Renameat(u.workFd, tmp, u.workFd, idx); err != nil {
 			unix.Unlinkat(u.workFd, tmp, 0)
-			return fs.ToErrno(err)
+			return nil, fs.ToErrno(err)
 		}
-		if err := unix.Linkat(u.workFd, idx, u.upper.fd, rel, 0); err != nil {
-			return fs.ToErrno(err)
-		}
+		tmp = idx
 		n.indexed = true
+	}
+	// The other names first, the one the change came through last: the
+	// copy holds the lower's data until this returns, so a crash between
+	// links leaves every name with the same content.
+	for _, p := range others {
+		dir, _ := splitRel(p)
+		var err error
+		if created, err = u.ensureUpperDir(dir, created); err != nil {
+			u.log.Warn("copy-up: cannot link another name of a hardlink group", "path", p, "err", err)
+			continue
+		}
+		if err := unix.Linkat(u.workFd, tmp, u.upper.fd, p, 0); err != nil && !errors.Is(err, unix.EEXIST) {
+			u.log.Warn("copy-up: cannot link another name of a hardlink group", "path", p, "err", err)
+		}
+	}
+	if indexed {
+		if err := unix.Linkat(u.workFd, idx, u.upper.fd, rel, 0); err != nil {
+			return created, fs.ToErrno(err)
+		}
 	} else if err := unix.Renameat(u.workFd, tmp, u.upper.fd, rel); err != nil {
 		unix.Unlinkat(u.workFd, tmp, 0)
-		return fs.ToErrno(err)
+		return created, fs.ToErrno(err)
 	}
 	n.hasUpper = true
-	u.debugf("copy-up", "path", rel, "indexed", indexed, "data", !skipData)
-	return 0
+	u.debugf("copy-up", "path", rel, "indexed", indexed, "names", len(others)+1, "data", !skipData)
+	return created, 0
 }
 
 // copyObject creates the copy of a non-directory at tmp in the work dir.

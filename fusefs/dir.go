@@ -289,6 +289,9 @@ func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {
 }
 
 func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
+	if d.n.u.opts.Volatile {
+		return 0
+	}
 	l, errno := d.n.where()
 	if errno != 0 || !l.upper {
 		return 0

@@ -32,7 +32,11 @@
 //     filesystems, so numbers are stable across remounts of the same view.
 //     Every name of a hardlink group (within a layer, or lowers
 //     materialized as hardlinks of their parent's files) is one node with
-//     one st_ino, and st_nlink is the lower's own from the first stat.
+//     one st_ino. st_nlink counts the names the view shows, from the first
+//     stat: the lower's count minus the names of its layer that the view
+//     hides (whiteouts, in the upper or in higher layers, and shadowing),
+//     then, once copied up, the upper's count (names added by link(),
+//     less those unlinked). The union's index link is never counted.
 //     Merged directories report st_nlink 1, as overlayfs does.
 //   - Owners and modes come from user.containers.override_stat where it is
 //     present (chmod/chown then rewrite the record; an empty file whose
@@ -44,7 +48,10 @@
 //     (SEEK_DATA/SEEK_HOLE: holes stay holes), owner, mode, xattrs
 //     (security.capability and ACLs included; overlay bookkeeping not),
 //     times to the nanosecond. Parents are copied up first, each with its
-//     own metadata. A write never reaches a lower inode.
+//     own metadata. A write never reaches a lower inode. A lower hardlink
+//     group is copied once and every name of its layer under which the
+//     view shows that object is linked to the copy (their directories
+//     copied up too), so the group stays one inode.
 //   - Unlink/rmdir of names the lowers hold leave a 0/0 whiteout; mkdir
 //     over a whiteout makes an opaque directory; create over a whiteout
 //     replaces it atomically.
@@ -76,19 +83,30 @@
 //   - Work/layerfs/tmp holds copy-ups being built (a crash leaves only
 //     files there, removed at the next mount); every copy-up is renamed or
 //     linked into place, so the upper shows either the lower object or
-//     the complete copy. Work/layerfs/index/<st_ino as 16 hex digits> holds
-//     the upper copy of a lower hardlink group (st_nlink > 1): the name a
-//     change came through (one of the group's looked-up names for changes
-//     that carry no name, like chmod) and every name linked or renamed
-//     through the union is hard-linked to it, so all names keep sharing data (overlayfs's index=on); the
-//     entry carries NS.layerfs.nlink, the group's link count in the view.
+//     the complete copy.
+//   - A lower hardlink group (st_nlink > 1) is copied up as upper
+//     hardlinks: every name of the group that the view shows is linked in
+//     the upper to one copy, so the upper alone describes the view and
+//     kernel overlayfs (without an index) and `layerfs commit` read the
+//     new data, the same inode and the right st_nlink under every name.
+//     The names are found with one walk per lower layer (kept per mount:
+//     inode -> paths, multiply-linked files only, at most 131072 names).
+//   - Only where that cannot be the whole group (names in other layers,
+//     as with lowers that hardlink their parent's files; a renamed
+//     directory in the view, whose lower paths no longer lead to its
+//     names; a layer too big to walk) the copy lives in
+//     Work/layerfs/index/<st_ino as 16 hex digits>, overlayfs's index=on:
+//     the names found are linked to it, other names are linked as changes
+//     come through them, and the entry carries NS.layerfs.nlink, the
+//     group's link count in the view.
 //
 // # Speed
 //
 // Lower-only objects get Options.LowerTimeout entry and attribute
 // timeouts (they cannot change except through this mount, which tells the
 // kernel), lower files keep their page cache across opens (keep_cache),
-// lower-only directories their readdir cache. A readdir remembers each
+// lower-only directories their readdir cache. The first stat or copy-up
+// of a multiply-linked lower file walks its layer once (see above). A readdir remembers each
 // lower directory's names so the lookups that follow (ls -l, find) skip
 // one stat per layer. The xattr names of lower objects are cached, so the
 // kernel's security.* probes cost no syscall. Upper files use FUSE
@@ -99,16 +117,23 @@
 //
 // # Known limits
 //
-//   - Names of a lower hardlink group that were never changed, linked or
-//     renamed through the union are not linked into the upper: the union
-//     finds the new data through its index, kernel overlayfs mounting the
-//     upper later does not (it shows those names with the lower data).
+//   - Names of a lower hardlink group that the union copies up through
+//     its index (see "What the union writes": names in other layers,
+//     names under a renamed directory) and that were never changed,
+//     linked or renamed through the union are not linked into the upper:
+//     the union finds the new data through its index, kernel overlayfs
+//     mounting the upper later (and a commit) does not. For such groups the
+//     upper's st_nlink also counts the index link. A renamed directory
+//     recorded by an earlier mount is only known once this mount has
+//     looked it up: a copy-up before that links the group's lower paths
+//     only, and the names under that directory keep the lower data.
 //   - POSIX ACLs are copied but not enforced by the kernel through the view
 //     (FUSE_POSIX_ACL is not negotiated: it would make the union apply
 //     umask and default ACLs itself).
 //   - Uppers written by overlayfs with metacopy=on (data left in a lower)
 //     and overlayfs's own index dir are not read; its whiteouts, opaque
 //     dirs and redirects are.
-//   - st_nlink of a lower object counts the lower's names, including names
-//     whited out in the view (as overlayfs does).
+//   - st_nlink of a lower object counts every name outside its own layer
+//     (a materialized chain's parent layers) as visible, and a name
+//     reachable only under a renamed directory as hidden.
 package fusefs

@@ -123,6 +123,9 @@ func (h *fileHandle) Flush(ctx context.Context) syscall.Errno {
 }
 
 func (h *fileHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	if h.n.u.opts.Volatile {
+		return 0
+	}
 	if flags&1 != 0 {
 		return fs.ToErrno(unix.Fdatasync(h.fd))
 	}

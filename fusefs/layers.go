@@ -19,6 +19,8 @@ type layer struct {
 	fd    int // O_PATH|O_DIRECTORY
 	dev   uint64
 	upper bool
+	// groups: the layer's hardlink groups (lowers only; see hardlinks.go)
+	groups hardlinkGroups
 }
 
 func openLayer(root string, upper bool) (*layer, error) {

@@ -130,6 +130,8 @@ func (u *union) rootNode() (*node, uint64, error) {
 		return nil, 0, err
 	}
 	n.lowerDirBytes = u.rootLowerBytes
+	u.rootDirs = n.lowerDirs
+	u.root = n
 	ino := u.inos.ino(st.Dev, st.Ino)
 	if u.upper != nil {
 		if o, ok := readOrigin(u.upper.root); ok {

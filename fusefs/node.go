@@ -43,6 +43,10 @@ type node struct {
 	// hardlink group was copied up), shared by every name of the group.
 	indexed    bool
 	lowerNlink uint32
+	// nlinkView is the st_nlink shown for a lower-only object, valid
+	// while union.viewGen+1 == nlinkGen.
+	nlinkView uint32
+	nlinkGen  uint64
 	// open handles by I/O path; the kernel refuses to mix passthrough and
 	// cached opens of one inode.
 	openPT, openCached int
@@ -235,7 +239,8 @@ func (n *node) getattr(fh fs.FileHandle, out *fuse.Attr) syscall.Errno {
 	l, errno := n.whereLocked()
 	merged := n.isMerged()
 	indexed := n.indexed
-	lowerNlink := n.lowerNlink
+	lowerLayer := n.lowerLayer
+	lowerOnly := errno == 0 && !l.upper && !n.isDir && lowerLayer >= 0
 	n.mu.Unlock()
 	var st unix.Stat_t
 	if hf := asHandle(fh); hf != nil {
@@ -267,9 +272,11 @@ func (n *node) getattr(fh fs.FileHandle, out *fuse.Attr) syscall.Errno {
 			if c, err := strconv.ParseUint(v, 10, 32); err == nil {
 				out.Nlink = uint32(c)
 			}
-		} else if lowerNlink > 0 && st.Nlink > 0 {
-			out.Nlink = lowerNlink
+		} else if st.Nlink > 1 {
+			out.Nlink = uint32(st.Nlink - 1) // the index's own link is no name
 		}
+	case lowerOnly && st.Nlink > 1:
+		out.Nlink = n.viewNlink(lowerLayer, &st)
 	}
 	return 0
 }
@@ -317,6 +324,9 @@ func (n *node) Access(ctx context.Context, mask uint32) syscall.Errno {
 }
 
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if n.u.opts.NoXattrs {
+		return 0, syscall.ENOTSUP
+	}
 	if isPrivateXattr(attr) {
 		return 0, syscall.ENODATA
 	}
@@ -348,6 +358,9 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	if n.u.opts.NoXattrs {
+		return 0, syscall.ENOTSUP
+	}
 	l, errno := n.where()
 	if errno != 0 {
 		return 0, errno
@@ -402,14 +415,19 @@ func (n *node) attrForEntry(f *found, upperRel string, out *fuse.Attr) syscall.E
 		path = u.lowers[f.lowerLayer].path(f.lowerRel)
 	}
 	u.fillAttr(path, &st, n.ino(), out)
-	if merged {
+	switch {
+	case merged:
 		out.Nlink = 1
-	} else if indexed {
+	case indexed:
 		if v, ok := overlayXattr(path, nlinkSuffix); ok {
 			if c, err := strconv.ParseUint(v, 10, 32); err == nil {
 				out.Nlink = uint32(c)
 			}
+		} else if st.Nlink > 1 {
+			out.Nlink = uint32(st.Nlink - 1)
 		}
+	case !f.upper && !n.isDir && f.lowerLayer >= 0 && st.Nlink > 1:
+		out.Nlink = n.viewNlink(f.lowerLayer, &st)
 	}
 	return 0
 }

@@ -418,6 +418,8 @@ func (d *node) childNode(ctx context.Context, name string) (*node, syscall.Errno
 
 func (d *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	u := d.u
+	// Names of lower hardlink groups may go: recount them.
+	defer u.viewGen.Add(1)
 	if u.readOnly || u.upper == nil {
 		return syscall.EROFS
 	}
@@ -490,6 +492,8 @@ func (u *union) clearUpperDir(rel string) error {
 
 func (d *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	u := d.u
+	// Names of lower hardlink groups may go: recount them.
+	defer u.viewGen.Add(1)
 	if u.readOnly || u.upper == nil {
 		return syscall.EROFS
 	}
@@ -641,6 +645,9 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
 	u := n.u
+	if u.opts.NoXattrs {
+		return syscall.ENOTSUP
+	}
 	if u.readOnly {
 		return syscall.EROFS
 	}
@@ -659,6 +666,9 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	u := n.u
+	if u.opts.NoXattrs {
+		return syscall.ENOTSUP
+	}
 	if u.readOnly {
 		return syscall.EROFS
 	}

@@ -62,6 +62,18 @@ type Options struct {
 	// upper files (it is tried by default and only works as root on
 	// Linux >= 6.9).
 	NoPassthrough bool
+	// Volatile makes fsync, fdatasync and fsyncdir return at once without
+	// syncing the upper (fuse-overlayfs's fsync=0, overlayfs's volatile):
+	// for throwaway views (builds, CI), where a crash may lose or tear
+	// recent writes. syncfs never syncs through the view (go-fuse
+	// answers FUSE_SYNCFS with ENOSYS, which the kernel takes as
+	// nothing to do), volatile or not.
+	Volatile bool
+	// NoXattrs answers getxattr, listxattr, setxattr and removexattr with
+	// ENOTSUP (fuse-overlayfs's noxattrs=1): the view shows no extended
+	// attributes at all, so no ACLs and no file capabilities either.
+	// Copy-up still copies the lowers' xattrs to the upper.
+	NoXattrs bool
 
 	// FsName is the source shown in /proc/mounts (default "layerfs").
 	FsName string

@@ -18,6 +18,8 @@ import (
 // name gets a whiteout when the lowers still hold it.
 func (d *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	u := d.u
+	// Names of lower hardlink groups may go: recount them.
+	defer u.viewGen.Add(1)
 	if u.readOnly || u.upper == nil {
 		return syscall.EROFS
 	}
@@ -151,6 +153,7 @@ func (u *union) markMovedDir(n *node, rel string, targetLowerHas bool) syscall.E
 	path := u.upper.path(rel)
 	if lowers > 0 {
 		if _, ok := overlayXattr(path, redirectSuffix); !ok {
+			u.noteRedirect(lowerRel)
 			if err := setOverlayXattr(path, u.ns, redirectSuffix, "/"+lowerRel); err != nil {
 				return fs.ToErrno(err)
 			}

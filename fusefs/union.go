@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -37,10 +38,21 @@ type union struct {
 
 	inos           *inoMapper
 	rootLowerBytes int64
-	uids           idMapper
-	gids           idMapper
-	tmpMu          sync.Mutex
-	tmpN           uint64
+	rootDirs       []lowerDir // the lowers merged at the root
+	root           *node      // set by Mount; for finding looked-up nodes by path
+	// viewGen moves on every change that may hide or uncover names
+	// (unlink, rmdir, rename, copy-up), so per-node counts of visible
+	// names know when to recount.
+	viewGen atomic.Uint64
+	// redirected holds the lower paths that redirected directories seen
+	// or made lead to: names of a lower hardlink group under them may
+	// show under other view paths (copy-up then goes through the index).
+	redirectMu sync.Mutex
+	redirected map[string]struct{}
+	uids       idMapper
+	gids       idMapper
+	tmpMu      sync.Mutex
+	tmpN       uint64
 }
 
 func newUnion(o Options) (*union, error) {
@@ -175,10 +187,57 @@ func (u *union) resolve(d *node, name string) (*found, syscall.Errno) {
 	}
 	index := u.nameIndex(d)
 	d.mu.Lock()
-	dirUpper := d.hasUpper
-	lowers := d.lowerDirs
-	dirLowerRel := d.lowerRel
+	ds := dirState{hasUpper: d.hasUpper, lowers: d.lowerDirs, lowerRel: d.lowerRel, index: index}
 	d.mu.Unlock()
+	if ds.hasUpper && u.upper != nil {
+		urel, ok := d.upperRel()
+		if !ok {
+			return nil, syscall.ENOENT
+		}
+		ds.upperRel = urel
+	}
+	return u.resolveIn(&ds, name)
+}
+
+// dirState is what resolving a name needs to know of its directory.
+type dirState struct {
+	hasUpper bool
+	upperRel string // the directory's path in the upper (when hasUpper)
+	lowers   []lowerDir
+	lowerRel string
+	index    []map[string]struct{} // see node.lowerNames; may be nil
+}
+
+// resolvePath resolves a path of the view from the root without the
+// go-fuse tree (the names need not have been looked up).
+func (u *union) resolvePath(rel string) (*found, syscall.Errno) {
+	ds := dirState{hasUpper: u.upper != nil, upperRel: ".", lowers: u.rootDirs, lowerRel: "."}
+	comps := strings.Split(rel, "/")
+	for i, c := range comps {
+		f, errno := u.resolveIn(&ds, c)
+		if errno != 0 {
+			return nil, errno
+		}
+		if i == len(comps)-1 {
+			return f, 0
+		}
+		if f.st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			return nil, syscall.ENOTDIR
+		}
+		ds = dirState{hasUpper: f.upper, upperRel: join(ds.upperRel, c), lowers: f.lowerDirs, lowerRel: f.lowerRel}
+	}
+	return nil, syscall.ENOENT
+}
+
+// resolveIn looks name up in the directory ds describes.
+func (u *union) resolveIn(ds *dirState, name string) (*found, syscall.Errno) {
+	if whiteout.ClassifyName(name).Kind != whiteout.None || name == "" || name == "." || name == ".." {
+		return nil, syscall.ENOENT
+	}
+	index := ds.index
+	dirUpper := ds.hasUpper
+	lowers := ds.lowers
+	dirLowerRel := ds.lowerRel
 
 	f := &found{lowerLayer: -1}
 	// unverified: lowerRel came from a redirect, so its directories were
@@ -187,11 +246,7 @@ func (u *union) resolve(d *node, name string) (*found, syscall.Errno) {
 	lowerRel := join(dirLowerRel, name)
 	searchLowers := lowers
 	if dirUpper && u.upper != nil {
-		urel, ok := d.upperRel()
-		if !ok {
-			return nil, syscall.ENOENT
-		}
-		rel := join(urel, name)
+		rel := join(ds.upperRel, name)
 		var st unix.Stat_t
 		err := u.upper.lstat(rel, &st)
 		switch {
@@ -227,6 +282,7 @@ func (u *union) resolve(d *node, name string) (*found, syscall.Errno) {
 				} else {
 					lowerRel = join(dirLowerRel, target)
 				}
+				u.noteRedirect(lowerRel)
 			}
 		case err == syscall.ENOENT || err == syscall.ENOTDIR:
 			if hasWhFile(u.upper, rel) {

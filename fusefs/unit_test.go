@@ -197,3 +197,52 @@ func TestMergeWithoutMount(t *testing.T) {
 		}
 	}
 }
+
+// TestVolatileAndNoXattrs: Volatile turns fsync and fsyncdir into no-ops
+// (a handle whose fd is invalid shows whether a sync was attempted);
+// NoXattrs answers every xattr call with ENOTSUP before looking at the
+// object.
+func TestVolatileAndNoXattrs(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name            string
+		opts            Options
+		syncs, noXattrs bool
+	}{
+		{"default", Options{}, true, false},
+		{"volatile", Options{Volatile: true}, false, false},
+		{"noxattrs", Options{NoXattrs: true}, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := &union{opts: tc.opts, workFd: -1}
+			n := &node{u: u, lowerLayer: -1}
+			fh := &fileHandle{fd: -1, n: n}
+			if errno := fh.Fsync(ctx, 0); (errno != 0) != tc.syncs {
+				t.Errorf("fsync: %v, want a sync attempted = %v", errno, tc.syncs)
+			}
+			if errno := fh.Fsync(ctx, 1); (errno != 0) != tc.syncs {
+				t.Errorf("fdatasync: %v, want a sync attempted = %v", errno, tc.syncs)
+			}
+			if errno := n.Fsync(ctx, fh, 0); (errno != 0) != tc.syncs {
+				t.Errorf("node fsync: %v, want a sync attempted = %v", errno, tc.syncs)
+			}
+			// A dir located (through the index path) in a work dir
+			// that is not open: a sync fails to open it.
+			u.indexRel = "index"
+			d := &dirHandle{n: &node{u: u, isDir: true, indexed: true, lowerLayer: -1}, fd: -1}
+			if errno := d.Fsyncdir(ctx, 0); (errno != 0) != tc.syncs {
+				t.Errorf("fsyncdir: %v, want a sync attempted = %v", errno, tc.syncs)
+			}
+			checks := map[string]syscall.Errno{}
+			_, checks["getxattr"] = n.Getxattr(ctx, "user.x", make([]byte, 64))
+			_, checks["listxattr"] = n.Listxattr(ctx, make([]byte, 64))
+			checks["setxattr"] = n.Setxattr(ctx, "user.x", []byte("1"), 0)
+			checks["removexattr"] = n.Removexattr(ctx, "user.x")
+			for op, errno := range checks {
+				if (errno == syscall.ENOTSUP) != tc.noXattrs {
+					t.Errorf("%s: %v, want ENOTSUP = %v", op, errno, tc.noXattrs)
+				}
+			}
+		})
+	}
+}

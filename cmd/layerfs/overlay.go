@@ -92,6 +92,8 @@ func serveOverlay(c *overlayopts.Command, args []string, stderr io.Writer) error
 	}
 	opts := c.Options
 	opts.Logger = log
+	opts.Volatile = c.Volatile
+	opts.NoXattrs = c.NoXattrs
 	srv, err := fusefs.Mount(c.Mountpoint, opts)
 	if err != nil {
 		notifier.Fail(err)

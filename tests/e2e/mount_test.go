@@ -140,6 +140,33 @@ func TestViewLifecycleAcrossDrivers(t *testing.T) {
 			sameTree(t, order[0]+" then "+order[1], before, snapshot(t, again))
 			s.fails(nil, []string{"rm-view", "work"}, "mounted")
 			s.ok(nil, "umount", "work")
+
+			// Commit, export, and let umoci find the changes.
+			diff := s.ok(nil, "diff", "work").stdout
+			for _, want := range []string{"A /added", "C /etc/hostname", "D /bin/tool-alias", "A /home/renamed", "D /home/user"} {
+				if !strings.Contains(diff, want+"\n") {
+					t.Fatalf("diff lacks %q:\n%s", want, diff)
+				}
+			}
+			layer := s.ok(nil, "commit", "--name", "demo:2", "work").lastLine()
+			if d := s.ok(nil, "diff", "work").stdout; d != "" {
+				t.Fatalf("after commit the view should be empty, diff says:\n%s", d)
+			}
+			var img struct {
+				Layers []string `json:"layers"`
+			}
+			must(t, json.Unmarshal([]byte(s.ok(nil, "inspect", "demo:2").stdout), &img))
+			if len(img.Layers) != 4 || img.Layers[3] != layer {
+				t.Fatalf("demo:2 layers %v, want the committed %s on top", img.Layers, layer)
+			}
+			testutil.NeedTool(t, "umoci")
+			layout := filepath.Join(t.TempDir(), "layout")
+			s.ok(nil, "export-image", "demo:2", layout)
+			bundle := filepath.Join(t.TempDir(), "bundle")
+			if out, err := exec.Command("umoci", "unpack", "--image", layout+":2", bundle).CombinedOutput(); err != nil {
+				t.Fatalf("umoci unpack: %v: %s", err, out)
+			}
+			sameTree(t, "view vs umoci unpack of the committed image", before, snapshot(t, filepath.Join(bundle, "rootfs")))
 			s.ok(nil, "rm-view", "work")
 		})
 	}

@@ -1,0 +1,269 @@
+package fusefs
+
+import (
+	"errors"
+	"io/fs"
+	"path/filepath"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/whiteout"
+)
+
+// Lower hardlink groups. A lower object with st_nlink > 1 has other names;
+// the union needs them twice: to count the names the view shows (st_nlink)
+// and, at copy-up, to link every visible name to the copy so the upper
+// alone describes the view (kernel overlayfs without an index, and a
+// commit, read only the upper). A lower layer never changes, so one walk
+// per layer finds them all.
+
+// maxGroupNames bounds the names one layer's walk keeps (a layer that
+// hardlinks its parent's files has a group per file): past it the layer's
+// groups are "unknown" and the union falls back to the lower's st_nlink and
+// to its hardlink index.
+const maxGroupNames = 1 << 17
+
+// hardlinkGroups maps the inode numbers of a layer's multiply-linked
+// non-directories to their paths in the layer.
+type hardlinkGroups struct {
+	once  sync.Once
+	names map[uint64][]string
+	ok    bool // false: the walk failed or found too many names
+}
+
+// hardlinks returns layer l's groups, walking it on first use.
+func (u *union) hardlinks(l *layer) *hardlinkGroups {
+	g := &l.groups
+	g.once.Do(func() {
+		names := map[uint64][]string{}
+		total := 0
+		err := filepath.WalkDir(l.root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if d.IsDir() {
+				if p != l.root {
+					var st unix.Stat_t
+					if unix.Lstat(p, &st) == nil && u.isWorkDir(l, st.Ino) {
+						return filepath.SkipDir
+					}
+				}
+				return nil
+			}
+			if whiteout.ClassifyName(d.Name()).Kind != whiteout.None {
+				return nil
+			}
+			var st unix.Stat_t
+			if err := unix.Lstat(p, &st); err != nil || st.Nlink < 2 || whiteout.IsWhiteoutStat(&st) {
+				return nil
+			}
+			rel, err := filepath.Rel(l.root, p)
+			if err != nil {
+				return err
+			}
+			if total++; total > maxGroupNames {
+				return errTooManyNames
+			}
+			names[st.Ino] = append(names[st.Ino], rel)
+			return nil
+		})
+		if err != nil {
+			u.log.Warn("hardlink groups of a lower layer unknown", "layer", l.root, "err", err)
+			return
+		}
+		g.names, g.ok = names, true
+	})
+	return g
+}
+
+var errTooManyNames = errors.New("too many hardlinked names")
+
+// visibleGroupNames returns the names of the group of lower object st (in
+// lower layer li) under which the view shows that same lower object (not
+// whited out, not shadowed by the upper or a higher layer), and whether the
+// group's names are all known (all of them are in layer li).
+func (u *union) visibleGroupNames(li int, st *unix.Stat_t) ([]string, bool) {
+	g := u.hardlinks(u.lowers[li])
+	if !g.ok {
+		return nil, false
+	}
+	names := g.names[st.Ino]
+	var vis []string
+	for _, p := range names {
+		f, errno := u.resolvePath(p)
+		if errno == 0 && !f.upper && f.lowerLayer == li && f.st.Dev == st.Dev && f.st.Ino == st.Ino {
+			vis = append(vis, p)
+		}
+	}
+	return vis, uint64(len(names)) == uint64(st.Nlink)
+}
+
+// lowerViewNlink is st_nlink of a lower-only object as the view shows it:
+// the lower's count minus the names of its layer the view hides (names in
+// other layers cannot be told apart and count as the lower says).
+func (u *union) lowerViewNlink(li int, st *unix.Stat_t) uint32 {
+	if st.Nlink < 2 {
+		return uint32(st.Nlink)
+	}
+	g := u.hardlinks(u.lowers[li])
+	if !g.ok {
+		return uint32(st.Nlink)
+	}
+	vis, _ := u.visibleGroupNames(li, st)
+	hidden := uint64(len(g.names[st.Ino]) - len(vis))
+	if hidden >= uint64(st.Nlink) {
+		return 1
+	}
+	return uint32(uint64(st.Nlink) - hidden)
+}
+
+// viewNlink is lowerViewNlink for node n, remembered until the view's
+// names change.
+func (n *node) viewNlink(li int, st *unix.Stat_t) uint32 {
+	if st.Nlink < 2 {
+		return uint32(st.Nlink)
+	}
+	gen := n.u.viewGen.Load()
+	n.mu.Lock()
+	if n.nlinkGen == gen+1 {
+		v := n.nlinkView
+		n.mu.Unlock()
+		return v
+	}
+	n.mu.Unlock()
+	v := n.u.lowerViewNlink(li, st)
+	n.mu.Lock()
+	n.nlinkGen, n.nlinkView = gen+1, v
+	n.mu.Unlock()
+	return v
+}
+
+// ensureUpperDir makes the view directory rel exist in the upper, copying
+// up its missing ancestors and itself with their own metadata, for a copy-up
+// that needs it without a node (another name of a hardlink group). It
+// returns the directories it created.
+func (u *union) ensureUpperDir(rel string, created []string) ([]string, error) {
+	if rel == "." || rel == "" {
+		return created, nil
+	}
+	var st unix.Stat_t
+	if err := u.upper.lstat(rel, &st); err == nil {
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			return created, unix.ENOTDIR
+		}
+		return created, nil
+	}
+	parent, _ := splitRel(rel)
+	created, err := u.ensureUpperDir(parent, created)
+	if err != nil {
+		return created, err
+	}
+	f, errno := u.resolvePath(rel)
+	if errno != 0 {
+		return created, errno
+	}
+	if f.st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return created, unix.ENOTDIR
+	}
+	if f.upper {
+		return created, nil
+	}
+	if len(f.lowerDirs) == 0 {
+		return created, unix.EIO
+	}
+	src := u.lowers[f.lowerDirs[0].layer]
+	if err := src.lstat(f.lowerRel, &st); err != nil {
+		return created, err
+	}
+	tmp := u.tmpName()
+	if err := unix.Mkdirat(u.workFd, tmp, 0o700); err != nil {
+		return created, err
+	}
+	if err := u.copyMeta(src.path(f.lowerRel), u.workPath+"/"+tmp, &st, f.lowerIno); err != nil {
+		unix.Unlinkat(u.workFd, tmp, unix.AT_REMOVEDIR)
+		return created, err
+	}
+	if err := unix.Renameat(u.workFd, tmp, u.upper.fd, rel); err != nil {
+		unix.Unlinkat(u.workFd, tmp, unix.AT_REMOVEDIR)
+		if u.upper.lstat(rel, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			return created, nil // made meanwhile through its node
+		}
+		return created, err
+	}
+	u.debugf("copy-up dir", "path", rel, "for", "hardlink group")
+	return append(created, rel), nil
+}
+
+// markUpperDirs tells the nodes of directories copied up by path (if they
+// were looked up) that they now have an upper.
+func (u *union) markUpperDirs(rels []string) {
+	for _, rel := range rels {
+		d := u.treeNode(rel)
+		if d == nil {
+			continue
+		}
+		d.mu.Lock()
+		d.hasUpper = true
+		d.listing = nil
+		d.mu.Unlock()
+		go d.NotifyContent(0, 0)
+	}
+}
+
+// treeNode returns the node go-fuse knows at view path rel, or nil.
+func (u *union) treeNode(rel string) *node {
+	if u.root == nil {
+		return nil
+	}
+	cur := &u.root.Inode
+	for rel != "" && rel != "." {
+		var c string
+		c, rel = splitFirst(rel)
+		ch := cur.GetChild(c)
+		if ch == nil {
+			return nil
+		}
+		cur = ch
+	}
+	n, _ := cur.Operations().(*node)
+	return n
+}
+
+func splitFirst(rel string) (first, rest string) {
+	for i := 0; i < len(rel); i++ {
+		if rel[i] == '/' {
+			return rel[:i], rel[i+1:]
+		}
+	}
+	return rel, ""
+}
+
+// noteRedirect records that a redirected directory shows the lower
+// directory rel under another path.
+func (u *union) noteRedirect(rel string) {
+	u.redirectMu.Lock()
+	if u.redirected == nil {
+		u.redirected = map[string]struct{}{}
+	}
+	u.redirected[rel] = struct{}{}
+	u.redirectMu.Unlock()
+}
+
+// underRedirect reports whether lower path rel lies under a directory
+// some redirect leads to.
+func (u *union) underRedirect(rel string) bool {
+	u.redirectMu.Lock()
+	defer u.redirectMu.Unlock()
+	if len(u.redirected) == 0 {
+		return false
+	}
+	for d, _ := splitRel(rel); ; d, _ = splitRel(d) {
+		if _, ok := u.redirected[d]; ok {
+			return true
+		}
+		if d == "." {
+			return false
+		}
+	}
+}
