@@ -82,7 +82,7 @@ func (s *Store) Check(ctx context.Context, progress CheckProgress) ([]Problem, e
 		if want := ChainID(l.Parent, l.DiffID); want != l.ChainID {
 			problems = append(problems, Problem{id, ProblemBadChain, "parent and diffID give chainID " + want.String()})
 		}
-		got, err := s.assemble(ctx, l, io.Discard)
+		got, err := s.assemble(ctx, l, io.Discard, true)
 		switch {
 		case err != nil:
 			problems = append(problems, Problem{id, ProblemCorrupt, err.Error()})

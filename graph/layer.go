@@ -2,6 +2,7 @@ package graph
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/layerfs/layerfs/apply"
 	"github.com/layerfs/layerfs/compression"
+	"github.com/layerfs/layerfs/internal/asynchash"
 	"github.com/layerfs/layerfs/layertar"
 )
 
@@ -176,6 +178,7 @@ func (s *Store) applyInto(ctx context.Context, dir string, r io.Reader) (*Layer,
 		return nil, fmt.Errorf("register layer: %w", err)
 	}
 	splitter := layertar.NewSplitter(plain, storage.NewJSONPacker(zw))
+	defer splitter.Close()
 	res, err := apply.Apply(ctx, splitter, filepath.Join(dir, layerDiffDir), apply.Options{
 		OpaqueNamespace: s.ns,
 		Rootless:        s.config.Rootless,
@@ -503,7 +506,7 @@ func (s *Store) Export(ctx context.Context, ref string, w io.Writer, format comp
 	if err != nil {
 		return nil, fmt.Errorf("export %s: %w", l.ChainID, err)
 	}
-	got, err := s.assemble(ctx, l, cw)
+	got, err := s.assemble(ctx, l, cw, false)
 	if err != nil {
 		return nil, err
 	}
@@ -511,13 +514,18 @@ func (s *Store) Export(ctx context.Context, ref string, w io.Writer, format comp
 		return nil, fmt.Errorf("export %s: %w", l.ChainID, err)
 	}
 	if got != l.DiffID {
+		// Find the file to blame: the per-file checksums name it.
+		if _, verr := s.assemble(ctx, l, io.Discard, true); verr != nil {
+			return nil, fmt.Errorf("%w (the reassembled tar does not match its diffID; run layerfs check)", verr)
+		}
 		return nil, fmt.Errorf("export %s: reassembled tar hashes to %s, not its diffID %s: the layer's files were changed behind the store's back (run layerfs check)", l.ChainID, got, l.DiffID)
 	}
 	return l, nil
 }
 
-// assemble reassembles l's tar into w and returns its digest.
-func (s *Store) assemble(ctx context.Context, l *Layer, w io.Writer) (digest.Digest, error) {
+// assemble reassembles l's tar into w and returns its digest. verify
+// also checks each file against its crc64 (slower; names the culprit).
+func (s *Store) assemble(ctx context.Context, l *Layer, w io.Writer, verify bool) (digest.Digest, error) {
 	f, err := os.Open(s.tarSplitPath(l.ChainID))
 	if err != nil {
 		return "", fmt.Errorf("export %s: %w", l.ChainID, err)
@@ -533,11 +541,13 @@ func (s *Store) assemble(ctx context.Context, l *Layer, w io.Writer) (digest.Dig
 	}
 	defer diff.Close()
 	open := func(name string) (*os.File, error) { return openBeneath(diff, name) }
-	dg := digest.SHA256.Digester()
-	if err := layertar.Assemble(ctx, storage.NewJSONUnpacker(zr), open, io.MultiWriter(w, dg.Hash())); err != nil {
+	h := asynchash.New(sha256.New())
+	defer h.Close()
+	err = layertar.Assemble(ctx, storage.NewJSONUnpacker(zr), open, io.MultiWriter(w, h), layertar.AssembleOptions{VerifyPayloads: verify})
+	if err != nil {
 		return "", fmt.Errorf("export %s: %w", l.ChainID, err)
 	}
-	return dg.Digest(), nil
+	return digest.NewDigestFromBytes(digest.SHA256, h.Sum()), nil
 }
 
 // openBeneath opens a tar entry's file inside the layer dir, refusing to

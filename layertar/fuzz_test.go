@@ -55,7 +55,7 @@ func FuzzSplitAssemble(f *testing.F) {
 		}
 		var out bytes.Buffer
 		open := func(name string) (*os.File, error) { return os.Open(names[name]) }
-		if err := Assemble(context.Background(), storage.NewJSONUnpacker(&meta), open, &out); err != nil {
+		if err := Assemble(context.Background(), storage.NewJSONUnpacker(&meta), open, &out, AssembleOptions{VerifyPayloads: true}); err != nil {
 			t.Fatalf("accepted stream does not reassemble: %v", err)
 		}
 		if !bytes.Equal(out.Bytes(), data) {

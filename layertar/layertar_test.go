@@ -54,7 +54,7 @@ func roundTrip(t *testing.T, data []byte) []byte {
 	}
 	var out bytes.Buffer
 	open := func(name string) (*os.File, error) { return os.Open(filepath.Join(dir, filepath.Clean(name))) }
-	if err := Assemble(context.Background(), storage.NewJSONUnpacker(&meta), open, &out); err != nil {
+	if err := Assemble(context.Background(), storage.NewJSONUnpacker(&meta), open, &out, AssembleOptions{VerifyPayloads: true}); err != nil {
 		t.Fatalf("assemble: %v", err)
 	}
 	return out.Bytes()
@@ -172,7 +172,7 @@ func TestAssembleDetectsChangedFile(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			os.WriteFile(filepath.Join(dir, "f"), []byte(tc.content), 0o644)
 			open := func(name string) (*os.File, error) { return os.Open(filepath.Join(dir, name)) }
-			err := Assemble(context.Background(), storage.NewJSONUnpacker(bytes.NewReader(meta.Bytes())), open, io.Discard)
+			err := Assemble(context.Background(), storage.NewJSONUnpacker(bytes.NewReader(meta.Bytes())), open, io.Discard, AssembleOptions{VerifyPayloads: true})
 			if err == nil || !strings.Contains(err.Error(), "export f") {
 				t.Fatalf("Assemble over a changed file: err = %v, want an error naming f", err)
 			}

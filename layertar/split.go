@@ -24,6 +24,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/vbatts/tar-split/tar/storage"
+
+	"github.com/layerfs/layerfs/internal/asynchash"
 )
 
 // MaxSparseSize bounds the logical size of a sparse entry. Its holes cost
@@ -35,8 +37,10 @@ const MaxSparseSize = 1 << 40
 // hashes all of them (the diffID) and either keeps them as a raw segment or,
 // while an entry's payload is being read, only counts and checksums them.
 type recorder struct {
-	r         io.Reader
-	digest    hash.Hash
+	r io.Reader
+	// digest runs on its own goroutine: hashing every byte of a layer
+	// then overlaps the applier's I/O.
+	digest    *asynchash.Hasher
 	total     int64
 	segment   bytes.Buffer
 	inPayload bool
@@ -71,11 +75,12 @@ type Splitter struct {
 	// curFragments is the data map of the current entry when it is sparse.
 	curFragments []Fragment
 	done         bool
+	diffID       digest.Digest
 }
 
 // NewSplitter wraps an uncompressed tar stream.
 func NewSplitter(r io.Reader, packer storage.Packer) *Splitter {
-	rec := &recorder{r: r, digest: sha256.New(), crc: crc64.New(storage.CRCTable)}
+	rec := &recorder{r: r, digest: asynchash.New(sha256.New()), crc: crc64.New(storage.CRCTable)}
 	return &Splitter{rec: rec, tr: tar.NewReader(rec), packer: packer}
 }
 
@@ -130,11 +135,18 @@ func (s *Splitter) Read(p []byte) (int, error) {
 	return s.tr.Read(p)
 }
 
-// DiffID is the sha256 of every byte read so far; after Next returned
-// io.EOF it is the layer's diffID.
+// DiffID is the sha256 of the whole stream, the layer's diffID. Call it
+// once Next has returned io.EOF; it ends the hashing.
 func (s *Splitter) DiffID() digest.Digest {
-	return digest.NewDigestFromBytes(digest.SHA256, s.rec.digest.Sum(nil))
+	if s.diffID == "" {
+		s.diffID = digest.NewDigestFromBytes(digest.SHA256, s.rec.digest.Sum())
+	}
+	return s.diffID
 }
+
+// Close releases the hashing goroutine of a stream that was not read to
+// its end. It is safe to call after DiffID.
+func (s *Splitter) Close() { s.rec.digest.Close() }
 
 // Size is the number of uncompressed bytes read so far.
 func (s *Splitter) Size() int64 { return s.rec.total }
