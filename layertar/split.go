@@ -15,17 +15,12 @@ package layertar
 import (
 	"archive/tar"
 	"bytes"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"hash"
-	"hash/crc64"
 	"io"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/vbatts/tar-split/tar/storage"
-
-	"github.com/layerfs/layerfs/internal/asynchash"
 )
 
 // MaxSparseSize bounds the logical size of a sparse entry. Its holes cost
@@ -34,17 +29,15 @@ import (
 const MaxSparseSize = 1 << 40
 
 // recorder sits under the tar reader and sees every byte of the stream. It
-// hashes all of them (the diffID) and either keeps them as a raw segment or,
-// while an entry's payload is being read, only counts and checksums them.
+// keeps raw bytes as the current segment (the splitter reads sparse maps
+// and the end-of-archive block from it) or, while an entry's payload is
+// being read, hands them to the pack worker to be hashed.
 type recorder struct {
-	r io.Reader
-	// digest runs on its own goroutine: hashing every byte of a layer
-	// then overlaps the applier's I/O.
-	digest    *asynchash.Hasher
+	r         io.Reader
+	work      *packWorker
 	total     int64
 	segment   bytes.Buffer
 	inPayload bool
-	crc       hash.Hash64
 	payload   int64
 }
 
@@ -52,10 +45,9 @@ func (rc *recorder) Read(p []byte) (int, error) {
 	n, err := rc.r.Read(p)
 	if n > 0 {
 		data := p[:n]
-		rc.digest.Write(data)
 		rc.total += int64(n)
 		if rc.inPayload {
-			rc.crc.Write(data)
+			rc.work.payload(data)
 			rc.payload += int64(n)
 		} else {
 			rc.segment.Write(data)
@@ -68,10 +60,9 @@ func (rc *recorder) Read(p []byte) (int, error) {
 // and records it into a tar-split packer as it goes. It satisfies the
 // applier's Source interface.
 type Splitter struct {
-	rec    *recorder
-	tr     *tar.Reader
-	packer storage.Packer
-	cur    *tar.Header
+	rec *recorder
+	tr  *tar.Reader
+	cur *tar.Header
 	// curFragments is the data map of the current entry when it is sparse.
 	curFragments []Fragment
 	done         bool
@@ -80,8 +71,8 @@ type Splitter struct {
 
 // NewSplitter wraps an uncompressed tar stream.
 func NewSplitter(r io.Reader, packer storage.Packer) *Splitter {
-	rec := &recorder{r: r, digest: asynchash.New(sha256.New()), crc: crc64.New(storage.CRCTable)}
-	return &Splitter{rec: rec, tr: tar.NewReader(rec), packer: packer}
+	rec := &recorder{r: r, work: newPackWorker(packer)}
+	return &Splitter{rec: rec, tr: tar.NewReader(rec)}
 }
 
 // Next finishes the current entry (reading what the caller left of its
@@ -121,7 +112,6 @@ func (s *Splitter) Next() (*tar.Header, error) {
 		s.curFragments = frags
 	}
 	s.rec.inPayload = true
-	s.rec.crc.Reset()
 	s.rec.payload = 0
 	return hdr, nil
 }
@@ -137,16 +127,11 @@ func (s *Splitter) Read(p []byte) (int, error) {
 
 // DiffID is the sha256 of the whole stream, the layer's diffID. Call it
 // once Next has returned io.EOF; it ends the hashing.
-func (s *Splitter) DiffID() digest.Digest {
-	if s.diffID == "" {
-		s.diffID = digest.NewDigestFromBytes(digest.SHA256, s.rec.digest.Sum())
-	}
-	return s.diffID
-}
+func (s *Splitter) DiffID() digest.Digest { return s.diffID }
 
-// Close releases the hashing goroutine of a stream that was not read to
-// its end. It is safe to call after DiffID.
-func (s *Splitter) Close() { s.rec.digest.Close() }
+// Close releases the pack worker of a stream that was not read to its
+// end. It is safe to call after the end.
+func (s *Splitter) Close() { s.rec.work.finish() }
 
 // Size is the number of uncompressed bytes read so far.
 func (s *Splitter) Size() int64 { return s.rec.total }
@@ -170,28 +155,18 @@ func (s *Splitter) finishEntry() error {
 			return fmt.Errorf("sparse entry %q: map covers %d bytes, archive holds %d", s.cur.Name, sum, s.rec.payload)
 		}
 	}
-	e := storage.Entry{Type: storage.FileType, Size: s.rec.payload}
-	if s.rec.payload > 0 {
-		e.Payload = s.rec.crc.Sum(nil)
-	}
-	e.SetName(s.cur.Name)
-	if _, err := s.packer.AddEntry(e); err != nil {
-		return fmt.Errorf("record %q: %w", s.cur.Name, err)
-	}
+	s.rec.work.file(s.cur.Name, s.rec.payload)
 	s.cur = nil
-	return nil
+	return s.rec.work.failure()
 }
 
 func (s *Splitter) flushSegment() error {
 	if s.rec.segment.Len() == 0 {
 		return nil
 	}
-	payload := bytes.Clone(s.rec.segment.Bytes())
+	s.rec.work.segment(s.rec.segment.Bytes())
 	s.rec.segment.Reset()
-	if _, err := s.packer.AddEntry(storage.Entry{Type: storage.SegmentType, Payload: payload}); err != nil {
-		return fmt.Errorf("record tar segment: %w", err)
-	}
-	return nil
+	return s.rec.work.failure()
 }
 
 // finishStream records the end-of-archive blocks and whatever padding
@@ -227,5 +202,10 @@ func (s *Splitter) finishStream() error {
 	if err := s.flushSegment(); err != nil {
 		return err
 	}
+	sum, err := s.rec.work.finish()
+	if err != nil {
+		return err
+	}
+	s.diffID = digest.NewDigestFromBytes(digest.SHA256, sum)
 	return io.EOF
 }
