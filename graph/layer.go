@@ -1,6 +1,7 @@
 package graph
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -502,7 +503,10 @@ func (s *Store) Export(ctx context.Context, ref string, w io.Writer, format comp
 	if err != nil {
 		return nil, err
 	}
-	cw, err := compression.Compress(w, format)
+	// Headers and payloads arrive as many small writes; one system call
+	// per 256 KiB instead of two per file.
+	bw := bufio.NewWriterSize(w, 256<<10)
+	cw, err := compression.Compress(bw, format)
 	if err != nil {
 		return nil, fmt.Errorf("export %s: %w", l.ChainID, err)
 	}
@@ -511,6 +515,9 @@ func (s *Store) Export(ctx context.Context, ref string, w io.Writer, format comp
 		return nil, err
 	}
 	if err := cw.Close(); err != nil {
+		return nil, fmt.Errorf("export %s: %w", l.ChainID, err)
+	}
+	if err := bw.Flush(); err != nil {
 		return nil, fmt.Errorf("export %s: %w", l.ChainID, err)
 	}
 	if got != l.DiffID {

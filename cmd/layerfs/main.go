@@ -78,6 +78,7 @@ func newApp() *cli.App {
 			diffCommand(),
 			commitCommand(),
 			exportImageCommand(),
+			doctorCommand(),
 		},
 	}
 }

@@ -193,13 +193,22 @@ func mountAction(c *cli.Context) error {
 		}
 	}
 	if useKernel {
-		if err := mountKernel(s, p); err != nil {
+		err := mountKernel(s, p)
+		if err == nil {
+			fmt.Fprintln(c.App.Writer, p.target)
+			return nil
+		}
+		if driver != "auto" {
 			return fail(p.undo(c, s, err))
 		}
-		fmt.Fprintln(c.App.Writer, p.target)
-		return nil
+		// The probe stacks two lowers; a real mount can still be refused
+		// (one lower without an upper, say): auto then means the union.
+		fmt.Fprintf(c.App.ErrWriter, "layerfs: the kernel refused the mount (%v); using the FUSE union driver\n", err)
 	}
-	return mountFuse(c, s, p)
+	if err := mountFuse(c, s, p); err != nil {
+		return fail(err)
+	}
+	return nil
 }
 
 // resolve finds or creates the view (or, read-only, the layer) to mount.
@@ -330,7 +339,10 @@ func mountFuse(c *cli.Context, s *graph.Store, p mountPlan) error {
 			return p.undo(c, s, err)
 		}
 		if _, err := daemon.Start(args, nil, logPath); err != nil {
-			return p.undo(c, s, fmt.Errorf("mount %s: %w", p.target, err))
+			if !strings.Contains(err.Error(), p.target) {
+				err = fmt.Errorf("mount %s: %w", p.target, err)
+			}
+			return p.undo(c, s, withFuseHints(err, p.target))
 		}
 		fmt.Fprintln(c.App.Writer, p.target)
 		return nil

@@ -1,5 +1,6 @@
 // Package testutil holds the few helpers every test package shares: how to
-// say a capability is missing, and how to find tools the tests drive.
+// say a capability is missing, how a test says whether it needs root or
+// also runs in the rootless pass, and how to find tools the tests drive.
 package testutil
 
 import (
@@ -30,6 +31,42 @@ func Need(t testing.TB, ok bool, reason string) {
 func NeedRoot(t testing.TB) {
 	t.Helper()
 	Need(t, os.Geteuid() == 0, "needs root")
+}
+
+// RootlessEnv is the variable that marks the rootless pass of a suite
+// (scripts/test-rootless.sh sets it when it runs the tests as a plain user).
+const RootlessEnv = "LAYERFS_TEST_ROOTLESS"
+
+// RootlessPass reports whether this is the rootless pass: the suite run
+// again as a plain user to prove layerfs works without privileges.
+func RootlessPass() bool { return os.Getenv(RootlessEnv) == "1" }
+
+// NeedRootOrRootlessPass is for tests that must work with and without
+// privileges: they run as root, and as a plain user in the rootless pass.
+// A rootless pass that is in fact root fails: it would prove nothing. Out
+// of either (a plain `go test` as a user) they are skipped as NeedRoot
+// skips.
+func NeedRootOrRootlessPass(t testing.TB) {
+	t.Helper()
+	if RootlessPass() {
+		if os.Geteuid() == 0 {
+			t.Fatalf("%s=1 but running as root: the rootless pass must run as a plain user", RootlessEnv)
+		}
+		return
+	}
+	NeedRoot(t)
+}
+
+// NeedRootOnly is for tests whose point needs root (device nodes, files
+// owned by other users, kernel overlay mounts without a user namespace):
+// the rootless pass skips them with why, whatever CI says; otherwise they
+// need root as NeedRoot does.
+func NeedRootOnly(t testing.TB, why string) {
+	t.Helper()
+	if RootlessPass() {
+		t.Skipf("rootless pass: needs root: %s", why)
+	}
+	NeedRoot(t)
 }
 
 // NeedTool needs a program on PATH and returns its path.

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +18,7 @@ import (
 // top one), an upper, a work dir and a mount point.
 func overlayDirs(t *testing.T) (lower1, lower2, upper, work, mnt string) {
 	t.Helper()
-	testutil.NeedRoot(t)
+	testutil.NeedRootOrRootlessPass(t)
 	base := t.TempDir()
 	lower1, lower2 = filepath.Join(base, "l1"), filepath.Join(base, "l2")
 	upper, work, mnt = filepath.Join(base, "u"), filepath.Join(base, "w"), filepath.Join(base, "m")
@@ -27,24 +28,55 @@ func overlayDirs(t *testing.T) (lower1, lower2, upper, work, mnt string) {
 	must(t, os.WriteFile(filepath.Join(lower2, "base"), []byte("from lower2\n"), 0o644))
 	must(t, os.WriteFile(filepath.Join(lower2, "gone"), []byte("hidden by a whiteout\n"), 0o644))
 	must(t, os.WriteFile(filepath.Join(lower2, "dir/old"), []byte("hidden by opacity\n"), 0o644))
+	// A plain user may make 0/0 whiteouts (Linux >= 5.8) but not trusted.*
+	// xattrs: rootless layers mark opaque dirs as user.overlay.opaque.
 	must(t, unix.Mknod(filepath.Join(lower1, "gone"), unix.S_IFCHR, 0))
-	must(t, unix.Setxattr(filepath.Join(lower1, "dir"), "trusted.overlay.opaque", []byte("y"), 0))
+	must(t, unix.Setxattr(filepath.Join(lower1, "dir"), opaqueXattr(), []byte("y"), 0))
 	must(t, os.WriteFile(filepath.Join(lower1, "dir/new"), []byte("top\n"), 0o644))
 	return
+}
+
+// opaqueXattr is the opaque marker a layer made by this user carries.
+func opaqueXattr() string {
+	if os.Geteuid() == 0 {
+		return "trusted.overlay.opaque"
+	}
+	return "user.overlay.opaque"
 }
 
 // unmountOnCleanup makes sure no mount outlives the test, even a failed one.
 func unmountOnCleanup(t *testing.T, mnt string) {
 	t.Cleanup(func() {
 		for i := 0; i < 50 && isMounted(mnt); i++ {
-			if unix.Unmount(mnt, 0) != nil {
+			if detach(mnt, false) != nil {
 				time.Sleep(20 * time.Millisecond)
 			}
 		}
 		if isMounted(mnt) {
-			unix.Unmount(mnt, unix.MNT_DETACH)
+			detach(mnt, true)
 		}
 	})
+}
+
+// detach unmounts mnt: with umount(2) where allowed, else (a plain user's
+// FUSE mount) with fusermount3.
+func detach(mnt string, lazy bool) error {
+	flags := 0
+	if lazy {
+		flags = unix.MNT_DETACH
+	}
+	err := unix.Unmount(mnt, flags)
+	if err == nil || os.Geteuid() == 0 {
+		return err
+	}
+	args := []string{"-u"}
+	if lazy {
+		args = append(args, "-z")
+	}
+	if out, ferr := exec.Command("fusermount3", append(args, mnt)...).CombinedOutput(); ferr != nil {
+		return fmt.Errorf("fusermount3 %v: %v: %s", args, ferr, out)
+	}
+	return nil
 }
 
 func isMounted(mnt string) bool {
@@ -122,6 +154,7 @@ func waitGone(t *testing.T, name, mnt string) {
 }
 
 func TestLayerfsOverlayThroughMountFuse3(t *testing.T) {
+	testutil.NeedRootOnly(t, "installs the program into /usr/local/bin and mounts with mount(8)")
 	testutil.NeedTool(t, "mount.fuse3")
 	l1, l2, upper, work, mnt := overlayDirs(t)
 	// mount(8) runs mount.fuse3 with a fixed PATH: the program must be in
@@ -198,6 +231,9 @@ func TestLayerfsOverlayReadOnlyWithoutUpper(t *testing.T) {
 func TestLayerfsOverlayKernelAndAutoDrivers(t *testing.T) {
 	for _, driver := range []string{"kernel", "auto"} {
 		t.Run(driver, func(t *testing.T) {
+			if driver == "kernel" {
+				testutil.NeedRootOnly(t, "kernel overlayfs outside a user namespace")
+			}
 			l1, l2, upper, work, mnt := overlayDirs(t)
 			unmountOnCleanup(t, mnt)
 			out, err := exec.Command(overlayBinary(), "-o", "lowerdir="+l1+":"+l2+",upperdir="+upper+",workdir="+work+",driver="+driver, mnt).CombinedOutput()
@@ -205,11 +241,18 @@ func TestLayerfsOverlayKernelAndAutoDrivers(t *testing.T) {
 				t.Fatalf("layerfs-overlay driver=%s: %v: %s", driver, err, out)
 			}
 			data, _ := os.ReadFile("/proc/self/mounts")
-			if !strings.Contains(string(data), " "+mnt+" overlay ") {
-				t.Fatalf("driver=%s as root on a local disk should mount kernel overlayfs; mounts:\n%s", driver, data)
+			if os.Geteuid() == 0 {
+				if !strings.Contains(string(data), " "+mnt+" overlay ") {
+					t.Fatalf("driver=%s as root on a local disk should mount kernel overlayfs; mounts:\n%s", driver, data)
+				}
+			} else if !strings.Contains(string(data), " "+mnt+" fuse.") {
+				t.Fatalf("driver=auto as a plain user must fall back to the FUSE union; mounts:\n%s", data)
 			}
 			checkUnionView(t, mnt)
-			must(t, unix.Unmount(mnt, 0))
+			must(t, detach(mnt, false))
+			if os.Geteuid() != 0 {
+				waitGone(t, "layerfs-overlay", mnt)
+			}
 		})
 	}
 }

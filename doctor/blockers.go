@@ -1,0 +1,49 @@
+package doctor
+
+import (
+	"os"
+	"os/exec"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// FuseBlockers says what keeps this process from making a FUSE mount on
+// target, in words a user can act on: for the error of a failed mount.
+// It probes only what is cheap (no trial mount); nil when it finds nothing.
+func FuseBlockers(target string) []string {
+	f := Facts{EUID: os.Geteuid(), Fuse: gatherFuse()}
+	if b, err := os.ReadFile("/proc/self/status"); err == nil {
+		if ps, err := ParseProcStatus(string(b)); err == nil {
+			f.SysAdmin, f.BoundingSysAdmin, f.NoNewPrivs = SysAdmin(ps.CapEff), SysAdmin(ps.CapBnd), ps.NoNewPrivs
+		}
+	}
+	if p, err := exec.LookPath("fusermount3"); err == nil {
+		f.Fuse.Fusermount, f.Fuse.FusermountSetuid = p, setuidRoot(p)
+	}
+	return fuseBlockers(f, target, unix.Access(target, unix.W_OK) == nil)
+}
+
+func fuseBlockers(f Facts, target string, targetWritable bool) []string {
+	var out []string
+	if !f.Fuse.DevFuse {
+		out = append(out, "/dev/fuse cannot be opened read-write ("+f.Fuse.DevFuseErr+"): as root, modprobe fuse and chmod 0666 /dev/fuse; in a container, --device /dev/fuse")
+	}
+	if f.EUID == 0 && f.SysAdmin {
+		return out
+	}
+	switch {
+	case f.Fuse.Fusermount == "":
+		out = append(out, "fusermount3 is not on PATH: install fuse3")
+	case !f.Fuse.FusermountSetuid:
+		out = append(out, f.Fuse.Fusermount+" is not setuid root (chmod u+s as root; inside a user namespace root's setuid programs do not work)")
+	case f.NoNewPrivs:
+		out = append(out, "no_new_privs is set, so setuid fusermount3 gains nothing (no-new-privileges container or session)")
+	case !f.BoundingSysAdmin:
+		out = append(out, "CAP_SYS_ADMIN is not in the bounding set, so setuid fusermount3 cannot mount (a container without --cap-add SYS_ADMIN)")
+	}
+	if f.EUID != 0 && !targetWritable {
+		out = append(out, "you cannot write to the mount point "+target+": fusermount3 mounts only on directories the user may write to (uid "+strconv.Itoa(f.EUID)+")")
+	}
+	return out
+}

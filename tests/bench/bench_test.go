@@ -1,0 +1,192 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/layerfs/layerfs/internal/testutil"
+)
+
+func haveGNUTar() bool {
+	out, err := exec.Command("tar", "--version").Output()
+	return err == nil && bytes.Contains(out, []byte("GNU tar"))
+}
+
+// TestQuickRun runs the harness end to end on a tiny workload and checks
+// the document it writes: the store table has a row per workload and
+// operation with numeric ratios, and a section it did not run survives.
+func TestQuickRun(t *testing.T) {
+	testutil.Need(t, haveGNUTar(), "GNU tar is not installed")
+	goTool := testutil.NeedTool(t, "go")
+	tmp := t.TempDir()
+	bin := filepath.Join(tmp, "layerfs")
+	build := exec.Command(goTool, "build", "-o", bin, "github.com/layerfs/layerfs/cmd/layerfs")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build layerfs: %v\n%s", err, out)
+	}
+
+	out := filepath.Join(tmp, "BENCHMARKS.md")
+	other := "<!-- section:other -->\n## Another section\n\nkept as is\n<!-- /section:other -->\n"
+	stale := "<!-- section:store -->\n## Store: import and export\n\nSTALE\n<!-- /section:store -->\n"
+	if err := os.WriteFile(out, []byte(documentPreamble+"\n"+stale+"\n"+other), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	work := filepath.Join(tmp, "work")
+	if err := os.Mkdir(work, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stderr bytes.Buffer
+	args := []string{"-quick", "-out", out, "-workdir", work, "-layerfs", bin, "-cold=false", "-reps", "2",
+		"-store-small-files", "300", "-store-large-files", "1", "-store-large-mib", "2", "-store-mixed-packages", "2"}
+	if err := run(ctx, args, &stderr); err != nil {
+		t.Fatalf("run: %v\n%s", err, stderr.String())
+	}
+
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(data)
+	if strings.Contains(doc, "STALE") {
+		t.Errorf("old store section not replaced:\n%s", doc)
+	}
+	if !strings.Contains(doc, other) {
+		t.Errorf("section other not kept:\n%s", doc)
+	}
+	if n := strings.Count(doc, beginMarker("store")); n != 1 {
+		t.Errorf("%d store sections, want 1", n)
+	}
+	if entries, _ := os.ReadDir(work); len(entries) != 0 {
+		t.Errorf("scratch data left behind in %s: %v", work, entries)
+	}
+
+	rows := storeRows(t, doc)
+	wantOps := []string{"import", "export", "import", "export", "import", "export"}
+	if len(rows) != len(wantOps) {
+		t.Fatalf("store table has %d rows, want %d:\n%s", len(rows), len(wantOps), doc)
+	}
+	for i, r := range rows {
+		if len(r) != 10 {
+			t.Fatalf("row %d has %d cells, want 10: %q", i, len(r), r)
+		}
+		if r[1] != wantOps[i] {
+			t.Errorf("row %d operation %q, want %q", i, r[1], wantOps[i])
+		}
+		ratio := number(t, r[5])
+		target := number(t, strings.TrimPrefix(r[6], "≤ "))
+		if want := map[bool]string{true: "yes", false: "no"}[ratio <= target]; r[7] != want {
+			t.Errorf("row %d: ratio %v target %v says met %q, want %q", i, ratio, target, r[7], want)
+		}
+		if r[1] == "import" {
+			number(t, r[9])
+		} else if r[9] != "–" {
+			t.Errorf("export row %d has a no-sync ratio %q", i, r[9])
+		}
+	}
+	for _, name := range []string{"300 small files", "1 large files", "mixed tree"} {
+		if !strings.Contains(doc, "| "+name) {
+			t.Errorf("no row for workload %q", name)
+		}
+	}
+}
+
+// storeRows returns the cells of the store section's first table.
+func storeRows(t *testing.T, doc string) [][]string {
+	t.Helper()
+	i := strings.Index(doc, beginMarker("store"))
+	j := strings.Index(doc, endMarker("store"))
+	if i < 0 || j < i {
+		t.Fatalf("no store section in:\n%s", doc)
+	}
+	var rows [][]string
+	inTable := false
+	for _, line := range strings.Split(doc[i:j], "\n") {
+		if !strings.HasPrefix(line, "|") {
+			if inTable {
+				break
+			}
+			continue
+		}
+		if !inTable { // the header
+			inTable = true
+			continue
+		}
+		if strings.HasPrefix(line, "| ---") {
+			continue
+		}
+		var cells []string
+		for _, c := range strings.Split(strings.Trim(line, "|"), " | ") {
+			cells = append(cells, strings.TrimSpace(c))
+		}
+		rows = append(rows, cells)
+	}
+	return rows
+}
+
+func number(t *testing.T, s string) float64 {
+	t.Helper()
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f <= 0 || math.IsInf(f, 0) {
+		t.Errorf("%q is not a positive number", s)
+	}
+	return f
+}
+
+func TestSpliceSection(t *testing.T) {
+	order := []section{{name: "a"}, {name: "b"}, {name: "c"}}
+	block := func(name, body string) string {
+		return beginMarker(name) + "\n" + body + "\n" + endMarker(name) + "\n"
+	}
+	tests := []struct {
+		name, doc, section, want string
+	}{
+		{"into empty", "# T\n", "b", "# T\n\n" + block("b", "new")},
+		{"replace", "# T\n\n" + block("b", "old") + "\ntail\n", "b", "# T\n\n" + block("b", "new") + "\ntail\n"},
+		{"before a later one", "# T\n\n" + block("c", "C"), "a", "# T\n\n" + block("a", "new") + "\n" + block("c", "C")},
+		{"after an earlier one", "# T\n\n" + block("a", "A"), "c", "# T\n\n" + block("a", "A") + "\n" + block("c", "new")},
+		{"between", "# T\n\n" + block("a", "A") + "\n" + block("c", "C"), "b",
+			"# T\n\n" + block("a", "A") + "\n" + block("b", "new") + "\n" + block("c", "C")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := spliceSection(tt.doc, tt.section, block(tt.section, "new"), order)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Errorf("got\n%s\nwant\n%s", got, tt.want)
+			}
+		})
+	}
+	if _, err := spliceSection(beginMarker("a")+"\nno end\n", "a", block("a", "new"), order); err == nil {
+		t.Error("a section without its end marker was accepted")
+	}
+}
+
+func TestMedian(t *testing.T) {
+	tests := []struct {
+		in   []time.Duration
+		want time.Duration
+	}{
+		{[]time.Duration{3, 1, 2}, 2},
+		{[]time.Duration{4, 1, 3, 2}, 2}, // (2+3)/2 in integer nanoseconds
+		{[]time.Duration{10, 30}, 20},
+		{[]time.Duration{5}, 5},
+		{nil, 0},
+	}
+	for _, tt := range tests {
+		if got := median(tt.in); got != tt.want {
+			t.Errorf("median(%v) = %v, want %v", tt.in, got, tt.want)
+		}
+	}
+}
