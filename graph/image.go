@@ -2,11 +2,9 @@ package graph
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -337,19 +335,7 @@ func (s *Store) claimNamesLocked(id digest.Digest, names []string) error {
 }
 
 func (s *Store) readImage(id digest.Digest) (*Image, error) {
-	p := filepath.Join(s.imageDir(id), imageRecord)
-	data, err := os.ReadFile(p)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("image %s: %w", id, ErrNotFound)
-		}
-		return nil, fmt.Errorf("read image %s: %w", id, err)
-	}
-	var img Image
-	if err := json.Unmarshal(data, &img); err != nil {
-		return nil, fmt.Errorf("read %s: %w", p, err)
-	}
-	return &img, nil
+	return readRecord[Image]("image", id.String(), filepath.Join(s.imageDir(id), imageRecord))
 }
 
 // Images returns every image record, sorted by ID.

@@ -240,23 +240,33 @@ func syncFilesystem(dir string) error {
 	return nil
 }
 
-func (s *Store) readLayer(id digest.Digest) (*Layer, error) {
-	p := s.recordPath(id)
-	data, err := os.ReadFile(p)
+// readRecord reads the JSON record at path of the kind and id named; a
+// missing one wraps ErrNotFound.
+func readRecord[T any](kind, id, path string) (*T, error) {
+	data, err := os.ReadFile(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("layer %s: %w", id, ErrNotFound)
+			return nil, fmt.Errorf("%s %s: %w", kind, id, ErrNotFound)
 		}
-		return nil, fmt.Errorf("read layer %s: %w", id, err)
+		return nil, fmt.Errorf("read %s %s: %w", kind, id, err)
 	}
-	var l Layer
-	if err := json.Unmarshal(data, &l); err != nil {
-		return nil, fmt.Errorf("read %s: %w", p, err)
+	var v T
+	if err := json.Unmarshal(data, &v); err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	return &v, nil
+}
+
+func (s *Store) readLayer(id digest.Digest) (*Layer, error) {
+	p := s.recordPath(id)
+	l, err := readRecord[Layer]("layer", id.String(), p)
+	if err != nil {
+		return nil, err
 	}
 	if l.ChainID != id {
 		return nil, fmt.Errorf("read %s: record names %s", p, l.ChainID)
 	}
-	return &l, nil
+	return l, nil
 }
 
 // ErrNotFound is wrapped by lookups of IDs and names that are not stored.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -149,19 +148,7 @@ func (s *Store) CreateView(ctx context.Context, ref string, opts CreateViewOptio
 }
 
 func (s *Store) readView(id string) (*View, error) {
-	p := filepath.Join(s.viewDir(id), viewRecord)
-	data, err := os.ReadFile(p)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("view %s: %w", id, ErrNotFound)
-		}
-		return nil, fmt.Errorf("read view %s: %w", id, err)
-	}
-	var v View
-	if err := json.Unmarshal(data, &v); err != nil {
-		return nil, fmt.Errorf("read %s: %w", p, err)
-	}
-	return &v, nil
+	return readRecord[View]("view", id, filepath.Join(s.viewDir(id), viewRecord))
 }
 
 // Views returns every view, oldest first.
