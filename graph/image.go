@@ -377,7 +377,7 @@ func (s *Store) Image(ref string) (*Image, error) {
 	}
 	id, err := resolvePrefix("image", ref, ids)
 	if err != nil {
-		if errors.Is(err, ErrNotFound) || strings.Contains(err.Error(), "not an ID") {
+		if errors.Is(err, ErrNotFound) || errors.Is(err, errNotAnID) {
 			return nil, fmt.Errorf("image %q: no image has that name or ID: %w", ref, ErrNotFound)
 		}
 		return nil, err

@@ -272,6 +272,9 @@ func (s *Store) readLayer(id digest.Digest) (*Layer, error) {
 // ErrNotFound is wrapped by lookups of IDs and names that are not stored.
 var ErrNotFound = errors.New("not found")
 
+// errNotAnID is wrapped when a reference is not hex: it may still be a name.
+var errNotAnID = errors.New("not an ID or ID prefix")
+
 // layerIDs lists the chainIDs of every stored layer, sorted.
 func (s *Store) layerIDs() ([]digest.Digest, error) {
 	ents, err := os.ReadDir(filepath.Join(s.root, layersDir))
@@ -306,7 +309,7 @@ func (s *Store) Layer(ref string) (*Layer, error) {
 func resolvePrefix(kind, ref string, ids []digest.Digest) (digest.Digest, error) {
 	hex := strings.TrimPrefix(ref, "sha256:")
 	if hex == "" || strings.Trim(strings.ToLower(hex), "0123456789abcdef") != "" {
-		return "", fmt.Errorf("%s %q: not an ID or ID prefix", kind, ref)
+		return "", fmt.Errorf("%s %q: %w", kind, ref, errNotAnID)
 	}
 	hex = strings.ToLower(hex)
 	var matches []digest.Digest
