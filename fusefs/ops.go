@@ -431,15 +431,10 @@ func (d *node) Unlink(ctx context.Context, name string) syscall.Errno {
 		return syscall.EISDIR
 	}
 	cn, _ := d.childNode(ctx, name)
-	if errno := u.copyUpDir(d); errno != 0 {
+	rel, needWh, errno := u.removalTarget(d, name, f.upper)
+	if errno != 0 {
 		return errno
 	}
-	drel, ok := d.upperRel()
-	if !ok {
-		return syscall.ENOENT
-	}
-	rel := join(drel, name)
-	needWh := !f.upper || u.lowerHas(d, name)
 	var err error
 	switch {
 	case f.upper && needWh:
@@ -460,6 +455,20 @@ func (d *node) Unlink(ctx context.Context, name string) syscall.Errno {
 		cn.mu.Unlock()
 	}
 	return 0
+}
+
+// removalTarget copies the parent d up and returns the upper path of
+// name and whether removing it must leave a whiteout: always for a name
+// only lowers hold, and for an upper one that also exists below.
+func (u *union) removalTarget(d *node, name string, inUpper bool) (rel string, needWhiteout bool, errno syscall.Errno) {
+	if errno := u.copyUpDir(d); errno != 0 {
+		return "", false, errno
+	}
+	drel, ok := d.upperRel()
+	if !ok {
+		return "", false, syscall.ENOENT
+	}
+	return join(drel, name), !inUpper || u.lowerHas(d, name), 0
 }
 
 // emptyForRmdir checks that directory c shows no entry, and returns the
@@ -511,15 +520,10 @@ func (d *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if errno := u.emptyForRmdir(cn); errno != 0 {
 		return errno
 	}
-	if errno := u.copyUpDir(d); errno != 0 {
+	rel, needWh, errno := u.removalTarget(d, name, f.upper)
+	if errno != 0 {
 		return errno
 	}
-	drel, ok := d.upperRel()
-	if !ok {
-		return syscall.ENOENT
-	}
-	rel := join(drel, name)
-	needWh := !f.upper || u.lowerHas(d, name)
 	var err error
 	switch {
 	case f.upper:
