@@ -47,12 +47,13 @@ func (u *union) copyUpDir(d *node) syscall.Errno {
 	if !ok {
 		return syscall.ENOENT
 	}
-	if len(d.lowerDirs) == 0 {
+	lowers, lowerRel := d.lowerDirs(), d.dirLowerRel()
+	if len(lowers) == 0 {
 		return syscall.EIO
 	}
-	src := u.lowers[d.lowerDirs[0].layer]
+	src := u.lowers[lowers[0].layer]
 	var st unix.Stat_t
-	if err := src.lstat(d.lowerRel, &st); err != nil {
+	if err := src.lstat(lowerRel, &st); err != nil {
 		return fs.ToErrno(err)
 	}
 	tmp := u.tmpName()
@@ -60,7 +61,7 @@ func (u *union) copyUpDir(d *node) syscall.Errno {
 		return fs.ToErrno(err)
 	}
 	tmpPath := u.workPath + "/" + tmp
-	if err := u.copyMeta(src.path(d.lowerRel), tmpPath, &st, d.ino()); err != nil {
+	if err := u.copyMeta(src.path(lowerRel), tmpPath, &st, d.ino()); err != nil {
 		unix.Unlinkat(u.workFd, tmp, unix.AT_REMOVEDIR)
 		return fs.ToErrno(err)
 	}
@@ -73,7 +74,6 @@ func (u *union) copyUpDir(d *node) syscall.Errno {
 		}
 	}
 	d.hasUpper = true
-	d.listing = nil
 	u.debugf("copy-up dir", "path", rel)
 	// The kernel may hold the lower dir's attributes for LowerTimeout;
 	// the upper copy's change as entries are added. Tell it, outside
@@ -92,7 +92,7 @@ func (u *union) copyUp(n *node, skipData bool) syscall.Errno {
 		return u.copyUpDir(n)
 	}
 	n.mu.Lock()
-	done := n.hasUpper || n.indexed
+	done := n.hasUpper || n.indexedLocked()
 	n.mu.Unlock()
 	if done {
 		return 0
@@ -120,7 +120,7 @@ func (u *union) copyUp(n *node, skipData bool) syscall.Errno {
 func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (created []string, errno syscall.Errno) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.hasUpper || n.indexed {
+	if n.hasUpper || n.indexedLocked() {
 		return nil, 0
 	}
 	prel, ok := pn.upperRel()
@@ -131,9 +131,14 @@ func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (creat
 	if n.lowerLayer < 0 {
 		return nil, syscall.EIO
 	}
-	src := u.lowers[n.lowerLayer]
+	li := int(n.lowerLayer)
+	lowerRel, ok := n.lowerRelLocked()
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	src := u.lowers[li]
 	var st unix.Stat_t
-	if err := src.lstat(n.lowerRel, &st); err != nil {
+	if err := src.lstat(lowerRel, &st); err != nil {
 		return nil, fs.ToErrno(err)
 	}
 	idx := u.indexRelFor(n.ino())
@@ -147,10 +152,10 @@ func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (creat
 			if err := unix.Linkat(u.workFd, idx, u.upper.fd, rel, 0); err != nil && !errors.Is(err, unix.EEXIST) {
 				return nil, fs.ToErrno(err)
 			}
-			n.indexed, n.hasUpper = true, true
+			n.more().indexed, n.hasUpper = true, true
 			return nil, 0
 		}
-		vis, complete := u.visibleGroupNames(n.lowerLayer, &st)
+		vis, complete := u.visibleGroupNames(li, &st)
 		seen := false
 		for _, p := range vis {
 			if p != rel {
@@ -159,25 +164,23 @@ func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (creat
 				seen = true
 			}
 		}
-		// Linking the names the lower paths give is the whole group
-		// only when view paths are lower paths (no redirect) and every
-		// name is in this layer; otherwise the index serves the names
-		// not linked yet (copyUpName links them as they are used).
+		// Linking the names found (at their lower paths or under
+		// renamed directories) is the whole group when every name is
+		// in this layer and the one the change came through is among
+		// them; otherwise the index serves the names not linked yet
+		// (copyUpName links them as they are used).
 		indexed = !complete || !seen
-		for _, p := range u.hardlinks(src).names[st.Ino] {
-			indexed = indexed || u.underRedirect(p)
-		}
 		if indexed {
-			viewNlink = u.lowerViewNlink(n.lowerLayer, &st)
+			viewNlink = u.lowerViewNlink(li, &st)
 		}
 	}
 	tmp := u.tmpName()
 	tmpPath := u.workPath + "/" + tmp
-	if err := u.copyObject(src, n.lowerRel, &st, tmp, skipData); err != nil {
+	if err := u.copyObject(src, lowerRel, &st, tmp, skipData); err != nil {
 		unix.Unlinkat(u.workFd, tmp, 0)
 		return nil, fs.ToErrno(err)
 	}
-	if err := u.copyMeta(src.path(n.lowerRel), tmpPath, &st, n.ino()); err != nil {
+	if err := u.copyMeta(src.path(lowerRel), tmpPath, &st, n.ino()); err != nil {
 		unix.Unlinkat(u.workFd, tmp, 0)
 		return nil, fs.ToErrno(err)
 	}
@@ -188,7 +191,7 @@ func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (creat
 			return nil, fs.ToErrno(err)
 		}
 		tmp = idx
-		n.indexed = true
+		n.more().indexed = true
 	}
 	// The other names first, the one the change came through last: the
 	// copy holds the lower's data until this returns, so a crash between
@@ -383,7 +386,7 @@ func (u *union) copyUpName(d *node, name string, n *node) syscall.Errno {
 		return errno
 	}
 	n.mu.Lock()
-	indexed := n.indexed
+	indexed := n.indexedLocked()
 	n.mu.Unlock()
 	if !indexed {
 		return 0

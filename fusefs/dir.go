@@ -85,22 +85,24 @@ func dtToMode(t uint8) uint32 {
 
 // list merges the directory's layers: upper first, then the lowers, a name
 // decided by the first layer that has it (or whites it out); private names
-// never show. Inode numbers are the ones Lookup gives.
-func (u *union) list(n *node) ([]fuse.DirEntry, syscall.Errno) {
+// never show. Inode numbers are the ones Lookup gives. Reading every lower
+// dir anyway, it leaves their names in the directory's index for the
+// lookups that follow (ls -l, find).
+func (u *union) list(n *node) (*listing, syscall.Errno) {
 	n.mu.Lock()
 	hasUpper := n.hasUpper
-	lowers := n.lowerDirs
-	lowerRel := n.lowerRel
 	n.mu.Unlock()
+	lowers := n.lowerDirs()
+	lowerRel := n.dirLowerRel()
 
-	seen := map[string]bool{}
-	var out []fuse.DirEntry
+	seen := map[string]struct{}{}
+	out := &listing{}
 	parentIno := n.ino()
 	if _, p := n.Parent(); p != nil {
 		parentIno = p.StableAttr().Ino
 	}
-	out = append(out, fuse.DirEntry{Name: ".", Mode: unix.S_IFDIR, Ino: n.ino()},
-		fuse.DirEntry{Name: "..", Mode: unix.S_IFDIR, Ino: parentIno})
+	out.add(".", unix.S_IFDIR, n.ino())
+	out.add("..", unix.S_IFDIR, parentIno)
 
 	type src struct {
 		l   *layer
@@ -122,10 +124,7 @@ func (u *union) list(n *node) ([]fuse.DirEntry, syscall.Errno) {
 	for _, ld := range lowers {
 		srcs = append(srcs, src{l: u.lowers[ld.layer], rel: lowerRel, xwh: ld.xwh})
 	}
-	var index []map[string]struct{}
-	if len(lowers) > 0 {
-		index = make([]map[string]struct{}, len(lowers))
-	}
+	var index indexBuilder
 	for i, s := range srcs {
 		if _, err := getXattr(s.l.path(s.rel), statoverride.Xattr); err == nil {
 			s.overrides = true
@@ -138,11 +137,7 @@ func (u *union) list(n *node) ([]fuse.DirEntry, syscall.Errno) {
 			continue
 		}
 		if !s.l.upper {
-			set := make(map[string]struct{}, len(ents))
-			for _, e := range ents {
-				set[e.name] = struct{}{}
-			}
-			index[i-(len(srcs)-len(lowers))] = set
+			index.add(i-(len(srcs)-len(lowers)), ents)
 		}
 		var hideBelow []string
 		for _, e := range ents {
@@ -152,7 +147,7 @@ func (u *union) list(n *node) ([]fuse.DirEntry, syscall.Errno) {
 				}
 				continue
 			}
-			if seen[e.name] {
+			if _, ok := seen[e.name]; ok {
 				continue
 			}
 			rel := join(s.rel, e.name)
@@ -164,7 +159,7 @@ func (u *union) list(n *node) ([]fuse.DirEntry, syscall.Errno) {
 				}
 				mode = st.Mode & unix.S_IFMT
 				if isWhiteout(s.l, rel, &st, s.xwh) {
-					seen[e.name] = true
+					seen[e.name] = struct{}{}
 					continue
 				}
 				if s.overrides {
@@ -174,36 +169,34 @@ func (u *union) list(n *node) ([]fuse.DirEntry, syscall.Errno) {
 			if u.isWorkDir(s.l, e.ino) {
 				continue
 			}
-			seen[e.name] = true
+			seen[e.name] = struct{}{}
 			ino := u.inos.ino(s.l.dev, e.ino)
 			if s.l.upper {
 				if o, ok := readOrigin(s.l.path(rel)); ok {
 					ino = o
 				}
 			}
-			out = append(out, fuse.DirEntry{Name: e.name, Mode: mode, Ino: ino})
+			out.add(e.name, mode, ino)
 		}
 		for _, h := range hideBelow {
-			seen[h] = true
+			seen[h] = struct{}{}
 		}
 	}
-	if index != nil {
-		n.mu.Lock()
-		if sameLowers(n.lowerDirs, lowers) && n.lowerRel == lowerRel {
-			n.lowerNames = index
-		}
-		n.mu.Unlock()
+	if len(lowers) > 0 {
+		u.keepIndex(n, index.build())
 	}
 	return out, 0
 }
 
-// dirHandle serves a snapshot of the merged listing taken at opendir, so
-// offsets (index+1) stay valid across telldir/seekdir whatever changes.
-// A seek to 0 (rewinddir) takes a new snapshot, as POSIX asks.
+// dirHandle serves a snapshot of the merged listing, so offsets (index+1)
+// stay valid across telldir/seekdir whatever changes. The snapshot is
+// taken at the first read, not at opendir: a lower-only directory the
+// kernel has cached is opened without being read. A seek to 0 (rewinddir)
+// takes a new snapshot, as POSIX asks.
 type dirHandle struct {
 	n    *node
 	mu   sync.Mutex
-	ents []fuse.DirEntry
+	ents *listing // nil until the first read
 	pos  int
 	fd   int
 }
@@ -215,39 +208,23 @@ var (
 	_ fs.FileFsyncdirer   = (*dirHandle)(nil)
 )
 
-// maxCachedListing bounds the merged listing a lower-only directory keeps
-// between opens (entries); bigger ones are merged again at each opendir.
-const maxCachedListing = 50000
-
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	n.mu.Lock()
 	upper := n.hasUpper
-	ents := n.listing
 	n.mu.Unlock()
-	if upper || ents == nil {
-		var errno syscall.Errno
-		if ents, errno = n.u.list(n); errno != 0 {
-			return nil, 0, errno
-		}
-		if !upper && len(ents) <= maxCachedListing {
-			// A lower-only directory cannot change without being
-			// copied up first, which stops the cache being used.
-			n.mu.Lock()
-			n.listing = ents
-			n.mu.Unlock()
-		}
-	}
 	var fl uint32
 	if !upper {
 		// Nothing can change a lower-only directory but this mount,
 		// and every change invalidates it.
 		fl = fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
 	}
-	dh := &dirHandle{n: n, ents: ents, fd: -1}
+	dh := &dirHandle{n: n, fd: -1}
 	// Kept so fstat works after the directory is renamed over or removed.
 	if l, errno := n.where(); errno == 0 {
 		if fd, err := unix.Openat(l.fd, l.rel, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
 			dh.fd = fd
+		} else if upper {
+			return nil, 0, fs.ToErrno(err)
 		}
 	}
 	return dh, fl, 0
@@ -256,10 +233,17 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, 
 func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.pos >= len(d.ents) {
+	if d.ents == nil {
+		ents, errno := d.n.u.list(d.n)
+		if errno != 0 {
+			return nil, errno
+		}
+		d.ents = ents
+	}
+	if d.pos >= d.ents.len() {
 		return nil, 0
 	}
-	e := d.ents[d.pos]
+	e := d.ents.entry(d.pos)
 	d.pos++
 	e.Off = uint64(d.pos)
 	return &e, 0
@@ -269,11 +253,7 @@ func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if off == 0 {
-		ents, errno := d.n.u.list(d.n)
-		if errno != 0 {
-			return errno
-		}
-		d.ents = ents
+		d.ents = nil
 	}
 	d.pos = int(off)
 	return 0
@@ -302,16 +282,4 @@ func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 	}
 	defer unix.Close(fd)
 	return fs.ToErrno(unix.Fsync(fd))
-}
-
-func sameLowers(a, b []lowerDir) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

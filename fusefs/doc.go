@@ -59,8 +59,19 @@
 //     RENAME_EXCHANGE included, and POSIX rename over an (empty) directory.
 //     Renaming a directory that has lower layers works (kernel overlayfs
 //     without redirect_dir answers EXDEV): see "What the union writes".
-//   - Permissions are checked by the kernel (default_permissions). A
-//     read-only view (no Upper and Work, or ReadOnly) answers EROFS.
+//   - New objects get the caller's umask, or, in a directory with a
+//     default POSIX ACL, that ACL (see POSIX ACLs below).
+//   - Permissions: root of the initial user namespace, and any mount with
+//     AllowOther, get default_permissions: the kernel checks every access
+//     against the owners and modes the view shows. Anyone else's view is
+//     theirs alone (FUSE lets no other uid in) and the daemon's own rights
+//     on the layer directories decide what they may do, so a plain user
+//     changes a view of a root-owned image throughout; access(2) answers
+//     the same way (permissions.go). A read-only view (no Upper and Work,
+//     or ReadOnly) answers EROFS.
+//   - A file capability a rootless store kept in
+//     user.containers.override_security.capability shows as
+//     security.capability (capability.go).
 //
 // # What the union writes
 //
@@ -88,17 +99,70 @@
 //     hardlinks: every name of the group that the view shows is linked in
 //     the upper to one copy, so the upper alone describes the view and
 //     kernel overlayfs (without an index) and `layerfs commit` read the
-//     new data, the same inode and the right st_nlink under every name.
-//     The names are found with one walk per lower layer (kept per mount:
-//     inode -> paths, multiply-linked files only, at most 131072 names).
+//     new data and the same inode under every name. The names are found
+//     with one walk per lower layer (kept per mount: inode -> paths,
+//     multiply-linked files only, at most 131072 names), at their lower
+//     paths and under directories renamed by any mount or by the kernel
+//     (the upper's overlay.redirect xattrs, read once per mount and again
+//     after a directory moves).
 //   - Only where that cannot be the whole group (names in other layers,
-//     as with lowers that hardlink their parent's files; a renamed
-//     directory in the view, whose lower paths no longer lead to its
-//     names; a layer too big to walk) the copy lives in
+//     as with lowers that hardlink their parent's files; a layer too big
+//     to walk) the copy lives in
 //     Work/layerfs/index/<st_ino as 16 hex digits>, overlayfs's index=on:
 //     the names found are linked to it, other names are linked as changes
 //     come through them, and the entry carries NS.layerfs.nlink, the
 //     group's link count in the view.
+//
+// # What the union reads
+//
+// Besides every whiteout and opaque format and both redirect forms, the
+// union reads what kernel overlayfs with index=on leaves in an upper
+// (kernelindex.go): a lower hardlink group the kernel copied up lives in
+// Work/index/<hex of the lower's file handle>, and only the name the
+// change came through is in the upper. Before serving, Mount decodes each
+// such entry (open_by_handle_at: root only, as is index=on itself), links
+// every name of the group it finds into the upper (also under directories
+// the kernel renamed) and the entry into the union's own index with
+// NS.layerfs.origin (the lower's inode number, which the kernel shows too)
+// and NS.layerfs.nlink from the kernel's overlay.nlink, which it rewrites
+// to count the links added, so the kernel reads the upper right again.
+// AdoptKernelIndex does the same without mounting, for a commit. The
+// kernel's overlay.origin on other copied-up objects is not read: they
+// show the upper's inode number under the union.
+//
+// # POSIX ACLs
+//
+// Where the kernel checks permissions (default_permissions, above) and
+// xattrs show, the union negotiates FUSE_POSIX_ACL: the kernel reads
+// system.posix_acl_access and _default through getxattr and applies them
+// in every permission check, as it does for overlayfs's upper. Creating an
+// object then is the union's job, as it is a local file system's: with
+// FUSE_DONT_MASK the kernel sends the caller's umask instead of applying
+// it, and the union gives the new object the parent's default ACL masked
+// by the mode it was created with (and, for a directory, the default ACL
+// itself), or the umask where the parent has none, as posix_acl_create
+// does (acl.go). Copy-up copies ACLs with the other xattrs; chmod updates
+// an ACL's mask (the upper's file system does, the mode being set there).
+// Without default_permissions (a plain user's mount without AllowOther)
+// ACLs are stored and copied but not enforced, as no mode is.
+//
+// # Memory
+//
+// The kernel keeps a node for every name it caches, so a stat walk of a
+// million files makes a million nodes; each costs about 400 bytes: 160
+// for the node itself (go-fuse's Inode included; state only directories,
+// hardlinked, open or indexed objects need lives in a side struct made
+// on demand, and a node's lower path is its parent's plus its name unless
+// recorded), the rest go-fuse's bookkeeping (node ID and inode number
+// tables, the parent's child map). Nothing of the union keeps a node the
+// kernel forgot, so memory follows what the kernel caches and falls when
+// memory pressure makes the kernel forget. A directory's name index
+// (below) is one sorted string with offsets and a layer bitmask per name
+// (about 13 bytes and the name), all of a mount's indexes share 8 MiB and
+// the least recently used go past it; listings exist only while a
+// directory handle reads them, packed the same way. Daemons run the
+// garbage collector at GOGC=25 (TuneGC): their heap is mostly that node
+// state, which the default 100 would let double before collecting.
 //
 // # Speed
 //
@@ -106,10 +170,12 @@
 // timeouts (they cannot change except through this mount, which tells the
 // kernel), lower files keep their page cache across opens (keep_cache),
 // lower-only directories their readdir cache. The first stat or copy-up
-// of a multiply-linked lower file walks its layer once (see above). A readdir remembers each
-// lower directory's names so the lookups that follow (ls -l, find) skip
-// one stat per layer. The xattr names of lower objects are cached, so the
-// kernel's security.* probes cost no syscall. Upper files use FUSE
+// of a multiply-linked lower file walks its layer once (see above). A
+// readdir indexes each lower directory's names so the lookups that follow
+// (ls -l, find) skip one stat per layer; a lookup reads no whole
+// directory except a small one spread over three or more lower layers.
+// Whether a lower object has xattrs at all is remembered, so the kernel's
+// security.* probes of one that has none cost no syscall. Upper files use FUSE
 // passthrough where the kernel (6.9+) and privileges allow it (root;
 // inside a user namespace the kernel refuses and reads go through the
 // daemon); with Debug, every open logs which path it took. Requests are
@@ -118,22 +184,24 @@
 // # Known limits
 //
 //   - Names of a lower hardlink group that the union copies up through
-//     its index (see "What the union writes": names in other layers,
-//     names under a renamed directory) and that were never changed,
-//     linked or renamed through the union are not linked into the upper:
-//     the union finds the new data through its index, kernel overlayfs
-//     mounting the upper later (and a commit) does not. For such groups the
-//     upper's st_nlink also counts the index link. A renamed directory
-//     recorded by an earlier mount is only known once this mount has
-//     looked it up: a copy-up before that links the group's lower paths
-//     only, and the names under that directory keep the lower data.
-//   - POSIX ACLs are copied but not enforced by the kernel through the view
-//     (FUSE_POSIX_ACL is not negotiated: it would make the union apply
-//     umask and default ACLs itself).
+//     its index (see "What the union writes": names in other layers)
+//     and that were never changed, linked or renamed through the union
+//     are not linked into the upper: the union finds the new data through
+//     its index, kernel overlayfs mounting the upper later (and a commit)
+//     does not. For such groups the upper's st_nlink also counts the
+//     index link.
+//   - Named users and groups in ACLs are stored as the kernel sends them:
+//     UIDMap/GIDMap do not translate them. Under an override_stat record
+//     chmod rewrites the record, not the mode, so an ACL's mask stays.
+//   - Memory per cached name is about 400 bytes (see Memory), most of it
+//     go-fuse's; fuse-overlayfs needs about 300.
 //   - Uppers written by overlayfs with metacopy=on (data left in a lower)
-//     and overlayfs's own index dir are not read; its whiteouts, opaque
-//     dirs and redirects are.
+//     are not read, nor its index dir in a read-only view, nor index
+//     entries of directories (nfs_export=on); its whiteouts, opaque dirs,
+//     redirects and hardlink index are.
+//   - The kernel does not read the union's own index: a group the union
+//     copied up through it (see above) shows the lower's data under its
+//     unlinked names when the kernel mounts the upper next.
 //   - st_nlink of a lower object counts every name outside its own layer
-//     (a materialized chain's parent layers) as visible, and a name
-//     reachable only under a renamed directory as hidden.
+//     (a materialized chain's parent layers) as visible.
 package fusefs

@@ -56,26 +56,27 @@ func (u *union) newHandle(n *node, fd int, upper bool, rel string) (fs.FileHandl
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	x := n.more()
 	if upper {
-		if n.handles == nil {
-			n.handles = map[int]bool{}
+		if x.handles == nil {
+			x.handles = map[int]bool{}
 		}
-		n.handles[fd] = true
+		x.handles[fd] = true
 	}
 	path := "cached"
 	switch {
-	case (upper || u.readOnly) && !u.opts.NoPassthrough && n.openCached == 0:
+	case (upper || u.readOnly) && !u.opts.NoPassthrough && x.openCached == 0:
 		// Lower files qualify only in a read-only view, where no
 		// copy-up can ever follow.
 		h.pt = true
-		n.openPT++
+		x.openPT++
 		path = "passthrough (if the kernel accepts the backing fd)"
 	case !upper:
-		n.openCached++
+		x.openCached++
 		fl = fuse.FOPEN_KEEP_CACHE
 		path = "lower, cached"
 	default:
-		n.openCached++
+		x.openCached++
 	}
 	u.debugf("open", "path", rel, "upper", upper, "io", path)
 	if h.pt {
@@ -91,13 +92,17 @@ func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
 		return syscall.EBADF
 	}
 	h.n.mu.Lock()
-	delete(h.n.handles, h.fd)
+	x := h.n.more()
+	delete(x.handles, h.fd)
 	err := unix.Close(h.fd)
 	h.fd = -1
 	if h.pt {
-		h.n.openPT--
+		x.openPT--
 	} else {
-		h.n.openCached--
+		x.openCached--
+	}
+	if !h.n.isDir && !x.hasLowerRel && !x.indexed && x.nlinkGen == 0 && x.openPT == 0 && x.openCached == 0 && len(x.handles) == 0 {
+		h.n.x = nil // it held only the open state (reading every file must not grow every node)
 	}
 	h.n.mu.Unlock()
 	return fs.ToErrno(err)

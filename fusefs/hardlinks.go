@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -79,9 +80,10 @@ func (u *union) hardlinks(l *layer) *hardlinkGroups {
 
 var errTooManyNames = errors.New("too many hardlinked names")
 
-// visibleGroupNames returns the names of the group of lower object st (in
-// lower layer li) under which the view shows that same lower object (not
-// whited out, not shadowed by the upper or a higher layer), and whether the
+// visibleGroupNames returns the view paths of the group of lower object
+// st (in lower layer li) under which the view shows that same lower object
+// (not whited out, not shadowed by the upper or a higher layer): its names
+// at their lower paths and under renamed directories. ok says whether the
 // group's names are all known (all of them are in layer li).
 func (u *union) visibleGroupNames(li int, st *unix.Stat_t) ([]string, bool) {
 	g := u.hardlinks(u.lowers[li])
@@ -90,10 +92,21 @@ func (u *union) visibleGroupNames(li int, st *unix.Stat_t) ([]string, bool) {
 	}
 	names := g.names[st.Ino]
 	var vis []string
-	for _, p := range names {
-		f, errno := u.resolvePath(p)
-		if errno == 0 && !f.upper && f.lowerLayer == li && f.st.Dev == st.Dev && f.st.Ino == st.Ino {
-			vis = append(vis, p)
+	var redirects map[string][]string
+	for i, p := range names {
+		if i == 0 {
+			redirects = u.redirectViews()
+		}
+		// The name at its own path, or under a renamed directory
+		// (a directory renamed back redirects to its own path).
+		for j, v := range append([]string{p}, redirectedPaths(redirects, p)...) {
+			if j > 0 && slices.Contains(vis, v) {
+				continue
+			}
+			f, errno := u.resolvePath(v)
+			if errno == 0 && !f.upper && f.lowerLayer == li && f.st.Dev == st.Dev && f.st.Ino == st.Ino {
+				vis = append(vis, v)
+			}
 		}
 	}
 	return vis, uint64(len(names)) == uint64(st.Nlink)
@@ -126,15 +139,16 @@ func (n *node) viewNlink(li int, st *unix.Stat_t) uint32 {
 	}
 	gen := n.u.viewGen.Load()
 	n.mu.Lock()
-	if n.nlinkGen == gen+1 {
-		v := n.nlinkView
+	if n.x != nil && n.x.nlinkGen == gen+1 {
+		v := n.x.nlinkView
 		n.mu.Unlock()
 		return v
 	}
 	n.mu.Unlock()
 	v := n.u.lowerViewNlink(li, st)
 	n.mu.Lock()
-	n.nlinkGen, n.nlinkView = gen+1, v
+	x := n.more()
+	x.nlinkGen, x.nlinkView = gen+1, v
 	n.mu.Unlock()
 	return v
 }
@@ -205,7 +219,6 @@ func (u *union) markUpperDirs(rels []string) {
 		}
 		d.mu.Lock()
 		d.hasUpper = true
-		d.listing = nil
 		d.mu.Unlock()
 		go d.NotifyContent(0, 0)
 	}
@@ -239,31 +252,29 @@ func splitFirst(rel string) (first, rest string) {
 	return rel, ""
 }
 
-// noteRedirect records that a redirected directory shows the lower
-// directory rel under another path.
-func (u *union) noteRedirect(rel string) {
-	u.redirectMu.Lock()
-	if u.redirected == nil {
-		u.redirected = map[string]struct{}{}
+// redirectViews maps each lower directory that a redirected upper
+// directory shows (overlay.redirect, written by this or an earlier mount,
+// or by kernel overlayfs) to the view paths it shows under, so the names
+// of a lower hardlink group under renamed directories are found by their
+// lower paths. It reads every directory of the upper (upperRedirects), once,
+// and again after a directory moves.
+func (u *union) redirectViews() map[string][]string {
+	if u.upper == nil {
+		return nil
 	}
-	u.redirected[rel] = struct{}{}
-	u.redirectMu.Unlock()
-}
-
-// underRedirect reports whether lower path rel lies under a directory
-// some redirect leads to.
-func (u *union) underRedirect(rel string) bool {
 	u.redirectMu.Lock()
 	defer u.redirectMu.Unlock()
-	if len(u.redirected) == 0 {
-		return false
+	if !u.redirectsKnown {
+		u.redirects = u.upperRedirects()
+		u.redirectsKnown = true
 	}
-	for d, _ := splitRel(rel); ; d, _ = splitRel(d) {
-		if _, ok := u.redirected[d]; ok {
-			return true
-		}
-		if d == "." {
-			return false
-		}
-	}
+	return u.redirects
+}
+
+// forgetRedirects drops redirectViews' map: a directory moved, which may
+// have added a redirect or moved redirected directories.
+func (u *union) forgetRedirects() {
+	u.redirectMu.Lock()
+	u.redirects, u.redirectsKnown = nil, false
+	u.redirectMu.Unlock()
 }

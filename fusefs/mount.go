@@ -39,13 +39,14 @@ func Mount(target string, opts Options) (*Server, error) {
 		u.close()
 		return nil, fmt.Errorf("mount %s: %w", target, err)
 	}
+	u.adoptKernelIndex() // kernelindex.go: what overlayfs index=on left
 	timeout := o.Timeout
 	neg := o.NegativeTimeout
 	mo := fuse.MountOptions{
 		FsName:        o.FsName,
 		Name:          "layerfs",
 		AllowOther:    o.AllowOther,
-		Options:       append([]string{"default_permissions"}, o.ExtraMountOptions...),
+		Options:       append(permissionMountOptions(&o), o.ExtraMountOptions...),
 		EnableLocks:   true,
 		Debug:         o.Debug,
 		MaxBackground: 64,
@@ -61,6 +62,7 @@ func Mount(target string, opts Options) (*Server, error) {
 	if u.readOnly {
 		mo.Options = append(mo.Options, "ro")
 	}
+	u.posixACLMountOptions(&mo) // acl.go
 	if mo.DirectMount {
 		mo.Options, mo.DirectMountFlags = splitMountFlags(mo.Options)
 	}
@@ -73,7 +75,7 @@ func Mount(target string, opts Options) (*Server, error) {
 		RootStableAttr:  &fs.StableAttr{Ino: rootIno, Mode: unix.S_IFDIR},
 		Logger:          slogAdapter(o.Logger),
 	}
-	srv, err := fs.Mount(target, root, fo)
+	srv, err := u.serve(target, root, fo) // acl.go: fs.Mount, recording umasks
 	if err != nil {
 		u.close()
 		return nil, fmt.Errorf("mount %s: %w", target, err)
@@ -113,31 +115,31 @@ func (s *Server) Unmount() error {
 }
 
 func (u *union) rootNode() (*node, uint64, error) {
-	n := &node{u: u, isDir: true, lowerLayer: -1, lowerRel: ".", hasUpper: u.upper != nil}
+	n := &node{u: u, isDir: true, lowerLayer: -1, hasUpper: u.upper != nil, x: &nodeExtra{lowerRel: "."}}
 	var st unix.Stat_t
 	var top *layer
 	if u.upper != nil {
 		top = u.upper
 		m := readDirMarks(u.upper, ".")
 		if !m.opaque {
-			n.lowerDirs = u.rootLowers()
+			n.x.lowerDirs = u.rootLowers()
 		}
 	} else {
 		top = u.lowers[0]
-		n.lowerDirs = u.rootLowers()
+		n.x.lowerDirs = u.rootLowers()
 	}
 	if err := top.lstat(".", &st); err != nil {
 		return nil, 0, err
 	}
-	n.lowerDirBytes = u.rootLowerBytes
-	u.rootDirs = n.lowerDirs
+	n.x.lowerDirBytes = u.rootLowerBytes
+	u.rootDirs = n.x.lowerDirs
 	u.root = n
 	ino := u.inos.ino(st.Dev, st.Ino)
 	if u.upper != nil {
 		if o, ok := readOrigin(u.upper.root); ok {
 			ino = o
 		}
-	} else if len(n.lowerDirs) > 0 {
+	} else if len(n.x.lowerDirs) > 0 {
 		ino = u.inos.ino(st.Dev, st.Ino)
 	}
 	if ino == 0 || ino == fuse.FUSE_ROOT_ID {

@@ -14,35 +14,46 @@ import (
 
 // node is one object of the view. Its go-fuse identity (StableAttr.Ino) is
 // the view inode number, so every name of a hardlink group is one node.
+//
+// The kernel keeps a node for every name it caches (a stat walk of a
+// million files makes a million), so a node holds only what every object
+// needs; the rest (directories, hardlinked or open objects) lives in x.
+// With go-fuse's Inode it is 160 bytes.
 type node struct {
 	fs.Inode
 	u *union
 
-	mu       sync.Mutex // guards the fields below; held during this node's copy-up
-	isDir    bool
-	hasUpper bool // an upper object exists (dirs: at the node's union path)
-	// lowerLayer/lowerRel locate a non-dir's lower object; for dirs
-	// lowerRel is the path looked up in lowerDirs (redirects change it).
-	lowerLayer int
-	lowerRel   string
-	lowerDirs  []lowerDir
-	// lowerNames caches, per lowerDirs entry, the names that lower
-	// directory holds (lowers never change), filled by the first readdir
-	// so lookups that follow (ls -l, find) skip one stat per layer.
-	lowerNames []map[string]struct{}
-	// lowerXattrs caches the xattr names of a lower-only object (nil:
-	// not read yet), so the kernel's frequent probes (security.*, on
+	mu sync.Mutex // guards the fields below and x; held during this node's copy-up
+	// lowerLayer is the lower layer holding a non-dir's lower object
+	// (-1: none). Its path there is the parent directory's lower path
+	// joined with the node's name, or x.lowerRel where that does not
+	// hold (see lowerRelLocked).
+	lowerLayer int32
+	isDir      bool
+	hasUpper   bool // an upper object exists (dirs: at the node's union path)
+	// lowerXattrs says whether the lower object has xattrs, so the
+	// kernel's frequent probes of one that has none (security.*, on
 	// every ls -l and write) cost no syscall.
-	lowerXattrs []string
+	lowerXattrs xattrsKnown
+	x           *nodeExtra
+}
+
+// nodeExtra is the state few nodes need. Directories get one when made
+// (their fields below never change after); other nodes when they need it.
+type nodeExtra struct {
+	// lowerRel: for dirs the path looked up in lowerDirs (redirects
+	// change it); for non-dirs the lower object's path when it is not
+	// the parent's lower path plus the name (hasLowerRel).
+	lowerRel    string
+	hasLowerRel bool
+	lowerDirs   []lowerDir
 	// lowerDirBytes: see found.lowerDirBytes.
 	lowerDirBytes int64
-	// listing caches the merged listing of a lower-only directory
-	// (shared read-only by the handles; ".." is the parent's at the time).
-	listing []fuse.DirEntry
+	// names is the directory's slot in the mount's index cache.
+	names *cachedIndex
 	// indexed: the data lives in the work dir's hardlink index (a lower
 	// hardlink group was copied up), shared by every name of the group.
-	indexed    bool
-	lowerNlink uint32
+	indexed bool
 	// nlinkView is the st_nlink shown for a lower-only object, valid
 	// while union.viewGen+1 == nlinkGen.
 	nlinkView uint32
@@ -54,6 +65,87 @@ type node struct {
 	// left the tree (unlinked, O_TMPFILE) is still reachable through
 	// /proc/self/fd.
 	handles map[int]bool
+}
+
+type xattrsKnown uint8
+
+const (
+	xattrsUnknown xattrsKnown = iota
+	xattrsNone
+	xattrsSome
+)
+
+// more returns n.x, making it. Callers hold n.mu.
+func (n *node) more() *nodeExtra {
+	if n.x == nil {
+		n.x = &nodeExtra{}
+	}
+	return n.x
+}
+
+// indexed reports whether the data lives in the hardlink index. Callers
+// hold n.mu.
+func (n *node) indexedLocked() bool { return n.x != nil && n.x.indexed }
+
+// lowerDirs are the lower directories merged into directory n, top first.
+// They never change once the node is made, so no lock is needed.
+func (n *node) lowerDirs() []lowerDir {
+	if n.x == nil || !n.isDir {
+		return nil
+	}
+	return n.x.lowerDirs
+}
+
+// dirLowerRel is directory n's path in its lower layers (never changes).
+func (n *node) dirLowerRel() string {
+	if n.x == nil {
+		return "."
+	}
+	return n.x.lowerRel
+}
+
+// lowerRelLocked is the path of n's lower object (non-dirs) or lower
+// directories (dirs) in the lower layers; ok is false when n has left
+// the tree and recorded none. Callers hold n.mu.
+func (n *node) lowerRelLocked() (string, bool) {
+	if n.x != nil && (n.isDir || n.x.hasLowerRel) {
+		return n.x.lowerRel, true
+	}
+	name, p := n.Parent()
+	if p == nil {
+		return "", false
+	}
+	return join(p.Operations().(*node).dirLowerRel(), name), true
+}
+
+// keepLowerRel records n's lower path before n moves or leaves the tree,
+// where it could no longer be derived from its parent.
+func (n *node) keepLowerRel() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.isDir || n.lowerLayer < 0 || (n.x != nil && n.x.hasLowerRel) {
+		return
+	}
+	if rel, ok := n.lowerRelLocked(); ok {
+		x := n.more()
+		x.lowerRel, x.hasLowerRel = rel, true
+	}
+}
+
+var _ fs.NodeOnForgetter = (*node)(nil)
+
+// OnForget drops the index of a directory the kernel forgot: the cache
+// holds no node, so the node itself is freed by go-fuse.
+func (n *node) OnForget() {
+	n.mu.Lock()
+	var c *cachedIndex
+	if n.x != nil {
+		c = n.x.names
+	}
+	n.mu.Unlock()
+	if c != nil {
+		n.u.indexes.drop(c)
+	}
 }
 
 var (
@@ -126,33 +218,40 @@ func (n *node) where() (loc, syscall.Errno) {
 func (n *node) whereLocked() (loc, syscall.Errno) {
 	u := n.u
 	switch {
-	case n.indexed:
+	case n.indexedLocked():
 		return loc{fd: u.workFd, root: u.workPath, rel: u.indexRelFor(n.ino()), upper: true}, 0
 	case n.hasUpper:
 		rel, ok := n.upperRel()
 		if !ok {
-			for fd := range n.handles {
-				return loc{fd: unix.AT_FDCWD, root: "/proc/self/fd", rel: "/proc/self/fd/" + strconv.Itoa(fd), upper: true}, 0
+			if n.x != nil {
+				for fd := range n.x.handles {
+					return loc{fd: unix.AT_FDCWD, root: "/proc/self/fd", rel: "/proc/self/fd/" + strconv.Itoa(fd), upper: true}, 0
+				}
 			}
 			return loc{}, syscall.ENOENT
 		}
 		return loc{fd: u.upper.fd, root: u.upper.root, rel: rel, upper: true}, 0
 	case n.isDir:
-		if len(n.lowerDirs) == 0 {
+		lowers := n.lowerDirs()
+		if len(lowers) == 0 {
 			return loc{}, syscall.ENOENT
 		}
-		l := u.lowers[n.lowerDirs[0].layer]
-		return loc{fd: l.fd, root: l.root, rel: n.lowerRel}, 0
+		l := u.lowers[lowers[0].layer]
+		return loc{fd: l.fd, root: l.root, rel: n.dirLowerRel()}, 0
 	case n.lowerLayer >= 0:
+		rel, ok := n.lowerRelLocked()
+		if !ok {
+			return loc{}, syscall.ENOENT
+		}
 		l := u.lowers[n.lowerLayer]
-		return loc{fd: l.fd, root: l.root, rel: n.lowerRel}, 0
+		return loc{fd: l.fd, root: l.root, rel: rel}, 0
 	}
 	return loc{}, syscall.ENOENT
 }
 
 // isMerged: a directory whose listing comes from more than one layer.
 func (n *node) isMerged() bool {
-	return n.isDir && len(n.lowerDirs)+btoi(n.hasUpper) > 1
+	return n.isDir && len(n.lowerDirs())+btoi(n.hasUpper) > 1
 }
 
 func btoi(b bool) int {
@@ -162,15 +261,22 @@ func btoi(b bool) int {
 	return 0
 }
 
-// newNodeFor builds a node for a resolved name; the caller hands it to
-// NewInode, which returns the existing node for a known inode number.
-func (u *union) newNodeFor(f *found) *node {
-	n := &node{u: u, lowerLayer: f.lowerLayer, lowerRel: f.lowerRel, lowerNlink: f.lowerNlink}
+// newNodeFor builds a node for name, resolved in a directory whose lower
+// path is dirLowerRel. Once Lookup returns, go-fuse uses the existing node
+// of a known inode number instead (another name of a hardlink group); the
+// attributes Lookup computed from this one are then the same, as every
+// name of a copied-up group is linked in the upper or indexed.
+func (u *union) newNodeFor(f *found, dirLowerRel, name string) *node {
+	n := &node{u: u, lowerLayer: int32(f.lowerLayer)}
 	n.isDir = f.st.Mode&unix.S_IFMT == unix.S_IFDIR
 	n.hasUpper = f.upper
-	if n.isDir {
-		n.lowerDirs = f.lowerDirs
-		n.lowerDirBytes = f.lowerDirBytes
+	switch {
+	case n.isDir:
+		n.x = &nodeExtra{lowerRel: f.lowerRel, lowerDirs: f.lowerDirs, lowerDirBytes: f.lowerDirBytes}
+	case f.lowerLayer >= 0 && (f.lowerNlink > 1 || f.lowerRel != join(dirLowerRel, name)):
+		// A hardlinked object may get other parents: its path must
+		// not depend on which one go-fuse names.
+		n.x = &nodeExtra{lowerRel: f.lowerRel, hasLowerRel: true}
 	}
 	return n
 }
@@ -189,7 +295,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	dirRel, _ := n.upperRel()
 	rel := join(dirRel, name)
 	ino := u.viewIno(f, rel)
-	child := u.newNodeFor(f)
+	child := u.newNodeFor(f, n.dirLowerRel(), name)
 	if !child.isDir && u.workFd >= 0 && (f.lowerNlink > 1 || (f.upper && f.st.Nlink > 1)) {
 		// A lower hardlink group copied up earlier (maybe in an
 		// earlier mount) lives in the index; its names may be upper
@@ -197,11 +303,11 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 		// serves them all.
 		var st unix.Stat_t
 		if unix.Fstatat(u.workFd, u.indexRelFor(ino), &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
-			child.indexed = true
+			child.more().indexed = true
 		}
 	}
 	sa := u.stableFor(f, ino)
-	if !child.isDir && !child.indexed {
+	if !child.isDir && !child.indexedLocked() {
 		if f.upper {
 			sa.Mode = presentedType(u.upper.path(rel), &f.st)
 		} else {
@@ -214,7 +320,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 		return nil, errno
 	}
 	cn.mu.Lock()
-	upper := cn.hasUpper || cn.indexed
+	upper := cn.hasUpper || cn.indexedLocked()
 	cn.mu.Unlock()
 	t := u.timeouts(upper)
 	out.SetEntryTimeout(t)
@@ -227,7 +333,7 @@ func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut)
 		return errno
 	}
 	n.mu.Lock()
-	upper := n.hasUpper || n.indexed
+	upper := n.hasUpper || n.indexedLocked()
 	n.mu.Unlock()
 	out.SetTimeout(n.u.timeouts(upper))
 	return 0
@@ -238,8 +344,8 @@ func (n *node) getattr(fh fs.FileHandle, out *fuse.Attr) syscall.Errno {
 	n.mu.Lock()
 	l, errno := n.whereLocked()
 	merged := n.isMerged()
-	indexed := n.indexed
-	lowerLayer := n.lowerLayer
+	indexed := n.indexedLocked()
+	lowerLayer := int(n.lowerLayer)
 	lowerOnly := errno == 0 && !l.upper && !n.isDir && lowerLayer >= 0
 	n.mu.Unlock()
 	var st unix.Stat_t
@@ -315,12 +421,7 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 }
 
 func (n *node) Access(ctx context.Context, mask uint32) syscall.Errno {
-	// default_permissions makes the kernel check modes itself; only the
-	// write bit on a read-only view is ours to refuse.
-	if mask&unix.W_OK != 0 && n.u.readOnly {
-		return syscall.EROFS
-	}
-	return 0
+	return n.access(mask) // permissions.go
 }
 
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
@@ -330,20 +431,18 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 	if isPrivateXattr(attr) {
 		return 0, syscall.ENODATA
 	}
+	if sz, errno, ok := n.capabilityGetxattr(attr, dest); ok { // capability.go
+		return sz, errno
+	}
+	return n.storedXattr(attr, dest)
+}
+
+// storedXattr reads an xattr of the object as it is on disk.
+func (n *node) storedXattr(attr string, dest []byte) (uint32, syscall.Errno) {
 	n.mu.Lock()
 	l, errno := n.whereLocked()
 	if errno == 0 && !l.upper {
-		if n.lowerXattrs == nil {
-			names, err := listXattrs(l.path())
-			if err != nil {
-				names = nil
-			}
-			n.lowerXattrs = append([]string{}, names...)
-		}
-		known := false
-		for _, x := range n.lowerXattrs {
-			known = known || x == attr
-		}
+		known := n.lowerHasXattrsLocked(l)
 		if !known {
 			n.mu.Unlock()
 			return 0, syscall.ENODATA
@@ -369,6 +468,7 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 	if err != nil {
 		return 0, fs.ToErrno(err)
 	}
+	names = presentCapability(names) // capability.go
 	var b []byte
 	for _, nm := range names {
 		if isPrivateXattr(nm) {
@@ -386,6 +486,18 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 	return uint32(copy(dest, b)), 0
 }
 
+// lowerHasXattrsLocked reports whether lower object l of n has xattrs at
+// all (it never changes). Callers hold n.mu.
+func (n *node) lowerHasXattrsLocked(l loc) bool {
+	if n.lowerXattrs == xattrsUnknown {
+		n.lowerXattrs = xattrsSome
+		if names, err := listXattrs(l.path()); err == nil && len(names) == 0 {
+			n.lowerXattrs = xattrsNone
+		}
+	}
+	return n.lowerXattrs == xattrsSome
+}
+
 // attrForEntry fills the attributes of a node just looked up or made. A
 // new node is not in go-fuse's tree yet (its path is unknown until the
 // reply), so they come from what resolve found.
@@ -395,7 +507,7 @@ func (n *node) attrForEntry(f *found, upperRel string, out *fuse.Attr) syscall.E
 	}
 	u := n.u
 	n.mu.Lock()
-	indexed := n.indexed
+	indexed := n.indexedLocked()
 	merged := n.isMerged()
 	n.mu.Unlock()
 	st := f.st

@@ -135,9 +135,9 @@ func (d *node) newChild(ctx context.Context, name, rel string, out *fuse.EntryOu
 	if err := u.upper.lstat(rel, &st); err != nil {
 		return nil, fs.ToErrno(err)
 	}
-	f := &found{st: st, upper: true, lowerLayer: -1, lowerRel: join(d.lowerRel, name)}
+	f := &found{st: st, upper: true, lowerLayer: -1, lowerRel: join(d.dirLowerRel(), name)}
 	ino := u.viewIno(f, rel)
-	child := u.newNodeFor(f)
+	child := u.newNodeFor(f, d.dirLowerRel(), name)
 	ch := d.NewInode(ctx, child, u.stableFor(f, ino))
 	cn := ch.Operations().(*node)
 	if errno := cn.attrForEntry(f, rel, &out.Attr); errno != 0 {
@@ -155,12 +155,17 @@ func (d *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, errno
 	}
 	oflags := int(flags)&^(unix.O_APPEND|unix.O_CREAT|unix.O_EXCL|fuse.FMODE_EXEC) | unix.O_CLOEXEC
+	obj := u.newObjectIn(ctx, s, mode, false)
 	tmp := u.tmpName()
-	fd, err := unix.Openat(u.workFd, tmp, oflags|unix.O_CREAT|unix.O_EXCL, mode&07777)
+	fd, err := unix.Openat(u.workFd, tmp, oflags|unix.O_CREAT|unix.O_EXCL, obj.mode)
 	if err != nil {
 		return nil, nil, 0, fs.ToErrno(err)
 	}
-	if err := u.setNewOwner(ctx, &s.parentSt, u.workPath+"/"+tmp, mode, false); err != nil {
+	err = u.setNewOwner(ctx, &s.parentSt, u.workPath+"/"+tmp, obj.mode, false)
+	if err == nil {
+		err = u.applyNewObject(u.workPath+"/"+tmp, -1, obj)
+	}
+	if err != nil {
 		unix.Close(fd)
 		unix.Unlinkat(u.workFd, tmp, 0)
 		return nil, nil, 0, fs.ToErrno(err)
@@ -186,8 +191,9 @@ func (d *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	if errno != 0 {
 		return nil, errno
 	}
+	obj := u.newObjectIn(ctx, s, mode, true)
 	tmp := u.tmpName()
-	if err := unix.Mkdirat(u.workFd, tmp, mode&07777); err != nil {
+	if err := unix.Mkdirat(u.workFd, tmp, obj.mode); err != nil {
 		return nil, fs.ToErrno(err)
 	}
 	tmpPath := u.workPath + "/" + tmp
@@ -199,10 +205,13 @@ func (d *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	// parent would have given it.
 	if s.parentSt.Mode&unix.S_ISGID != 0 {
 		unix.Chown(tmpPath, -1, int(s.parentSt.Gid))
-		unix.Chmod(tmpPath, mode&07777|unix.S_ISGID)
-		mode |= unix.S_ISGID
+		unix.Chmod(tmpPath, obj.mode|unix.S_ISGID)
+		obj.mode |= unix.S_ISGID
 	}
-	if err := u.setNewOwner(ctx, &s.parentSt, tmpPath, mode, false); err != nil {
+	if err := u.setNewOwner(ctx, &s.parentSt, tmpPath, obj.mode, false); err != nil {
+		return fail(err)
+	}
+	if err := u.applyNewObject(tmpPath, -1, obj); err != nil {
 		return fail(err)
 	}
 	if s.overWh || s.whFile {
@@ -214,6 +223,12 @@ func (d *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 		return fail(err)
 	}
 	return d.newChild(ctx, name, s.rel, out)
+}
+
+// newObjectIn is newObjectMode for an object about to be made at s.
+func (u *union) newObjectIn(ctx context.Context, s *createSpot, mode uint32, isDir bool) newObject {
+	dir, _ := splitRel(s.rel)
+	return u.newObjectMode(ctx, u.upper.path(dir), mode, isDir)
 }
 
 // setOpaque marks an upper dir opaque in the configured namespace, falling
@@ -238,11 +253,16 @@ func (d *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *f
 	if errno != 0 {
 		return nil, errno
 	}
+	obj := u.newObjectIn(ctx, s, mode&07777, false)
 	tmp := u.tmpName()
-	if err := unix.Mknodat(u.workFd, tmp, mode, int(rdev)); err != nil {
+	if err := unix.Mknodat(u.workFd, tmp, mode&unix.S_IFMT|obj.mode, int(rdev)); err != nil {
 		return nil, fs.ToErrno(err)
 	}
-	if err := u.setNewOwner(ctx, &s.parentSt, u.workPath+"/"+tmp, mode, false); err != nil {
+	err := u.setNewOwner(ctx, &s.parentSt, u.workPath+"/"+tmp, obj.mode, false)
+	if err == nil {
+		err = u.applyNewObject(u.workPath+"/"+tmp, -1, obj)
+	}
+	if err != nil {
 		unix.Unlinkat(u.workFd, tmp, 0)
 		return nil, fs.ToErrno(err)
 	}
@@ -310,7 +330,7 @@ func (d *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 		return nil, fs.ToErrno(err)
 	}
 	tn.mu.Lock()
-	if tn.indexed {
+	if tn.indexedLocked() {
 		adjustNlink(l.path(), u.ns, +1)
 	}
 	tn.mu.Unlock()
@@ -340,10 +360,8 @@ func adjustNlink(path string, ns whiteout.Namespace, delta int) {
 // whether removing the upper object would uncover it (a whiteout is then
 // needed).
 func (u *union) lowerHas(d *node, name string) bool {
-	d.mu.Lock()
-	lowers := d.lowerDirs
-	rel := join(d.lowerRel, name)
-	d.mu.Unlock()
+	lowers := d.lowerDirs()
+	rel := join(d.dirLowerRel(), name)
 	for _, ld := range lowers {
 		l := u.lowers[ld.layer]
 		var st unix.Stat_t
@@ -431,6 +449,10 @@ func (d *node) Unlink(ctx context.Context, name string) syscall.Errno {
 		return syscall.EISDIR
 	}
 	cn, _ := d.childNode(ctx, name)
+	if cn != nil {
+		// It leaves the tree but may stay open.
+		cn.keepLowerRel()
+	}
 	rel, needWh, errno := u.removalTarget(d, name, f.upper)
 	if errno != 0 {
 		return errno
@@ -449,7 +471,7 @@ func (d *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	}
 	if cn != nil {
 		cn.mu.Lock()
-		if cn.indexed {
+		if cn.indexedLocked() {
 			adjustNlink(u.workPath+"/"+u.indexRelFor(cn.ino()), u.ns, -1)
 		}
 		cn.mu.Unlock()
@@ -478,7 +500,7 @@ func (u *union) emptyForRmdir(c *node) syscall.Errno {
 	if errno != 0 {
 		return errno
 	}
-	if len(ents) > 2 {
+	if ents.len() > 2 {
 		return syscall.ENOTEMPTY
 	}
 	return 0
@@ -684,6 +706,7 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if errno != 0 {
 		return errno
 	}
+	attr = storedCapabilityName(l.path(), attr) // capability.go
 	if _, err := unix.Lgetxattr(l.path(), attr, nil); err != nil {
 		return fs.ToErrno(err)
 	}
@@ -743,20 +766,22 @@ func (d *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 		return nil, nil, 0, syscall.ENOENT
 	}
 	oflags := int(flags)&^(unix.O_APPEND|unix.O_CREAT|unix.O_EXCL|fuse.FMODE_EXEC) | unix.O_CLOEXEC
-	fd, err := unix.Openat(u.upper.fd, drel, oflags|unix.O_TMPFILE, mode&07777)
+	obj := u.newObjectMode(ctx, u.upper.path(drel), mode, false)
+	fd, err := unix.Openat(u.upper.fd, drel, oflags|unix.O_TMPFILE, obj.mode)
 	if err != nil {
 		return nil, nil, 0, fs.ToErrno(err)
 	}
 	var pst, st unix.Stat_t
 	u.upper.lstat(drel, &pst)
 	path := "/proc/self/fd/" + strconv.Itoa(fd)
-	u.setNewOwner(ctx, &pst, path, mode, false)
+	u.setNewOwner(ctx, &pst, path, obj.mode, false)
+	u.applyNewObject(path, fd, obj)
 	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
 		return nil, nil, 0, fs.ToErrno(err)
 	}
 	f := &found{st: st, upper: true, lowerLayer: -1}
-	child := u.newNodeFor(f)
+	child := u.newNodeFor(f, ".", "")
 	ino := u.inos.ino(st.Dev, st.Ino)
 	ch := d.NewInode(ctx, child, u.stableFor(f, ino))
 	cn := ch.Operations().(*node)

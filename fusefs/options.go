@@ -33,7 +33,12 @@ type Options struct {
 	Upper, Work string
 	// ReadOnly answers EROFS to every change even when Upper is set.
 	ReadOnly bool
-	// AllowOther lets users other than the mounter see the view.
+	// AllowOther lets users other than the mounter see the view. It also
+	// makes the kernel check every access against the owners and modes
+	// the view shows (default_permissions), the mounter's too; without
+	// it, a view mounted by anyone but root (of the initial user
+	// namespace) is its mounter's alone, and the daemon's own rights on
+	// the layers decide what the mounter may do (see permissions.go).
 	AllowOther bool
 
 	// UIDMap and GIDMap translate owners between what the view shows and
@@ -91,6 +96,10 @@ type Options struct {
 	Debug bool
 	// Logger receives the union's log lines (default slog.Default()).
 	Logger *slog.Logger
+
+	// kernelPermissions: mounted with default_permissions (set by
+	// withDefaults from kernelChecksPermissions).
+	kernelPermissions bool
 }
 
 // OverflowID is shown for on-disk owners outside every IDMap range.
@@ -136,6 +145,7 @@ func (o *Options) withDefaults() Options {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	c.kernelPermissions = kernelChecksPermissions(&c)
 	return c
 }
 

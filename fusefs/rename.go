@@ -52,6 +52,10 @@ func (d *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		return errno
 	}
 	srcDir := src.st.Mode&unix.S_IFMT == unix.S_IFDIR
+	if srcDir || (exchange && dst.st.Mode&unix.S_IFMT == unix.S_IFDIR) {
+		// Directories move: the paths redirects show change.
+		defer u.forgetRedirects()
+	}
 	var dn *node
 	if dstExists {
 		if dn, errno = nd.childNode(ctx, newName); errno != 0 {
@@ -146,14 +150,11 @@ func (u *union) markMovedDir(n *node, rel string, targetLowerHas bool) syscall.E
 	if !n.isDir {
 		return 0
 	}
-	n.mu.Lock()
-	lowers := len(n.lowerDirs)
-	lowerRel := n.lowerRel
-	n.mu.Unlock()
+	lowers := len(n.lowerDirs())
+	lowerRel := n.dirLowerRel()
 	path := u.upper.path(rel)
 	if lowers > 0 {
 		if _, ok := overlayXattr(path, redirectSuffix); !ok {
-			u.noteRedirect(lowerRel)
 			if err := setOverlayXattr(path, u.ns, redirectSuffix, "/"+lowerRel); err != nil {
 				return fs.ToErrno(err)
 			}

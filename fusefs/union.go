@@ -44,19 +44,27 @@ type union struct {
 	// (unlink, rmdir, rename, copy-up), so per-node counts of visible
 	// names know when to recount.
 	viewGen atomic.Uint64
-	// redirected holds the lower paths that redirected directories seen
-	// or made lead to: names of a lower hardlink group under them may
-	// show under other view paths (copy-up then goes through the index).
-	redirectMu sync.Mutex
-	redirected map[string]struct{}
-	uids       idMapper
-	gids       idMapper
-	tmpMu      sync.Mutex
-	tmpN       uint64
+	// redirects: see redirectViews.
+	redirectMu     sync.Mutex
+	redirects      map[string][]string
+	redirectsKnown bool
+	uids           idMapper
+	gids           idMapper
+	tmpMu          sync.Mutex
+	tmpN           uint64
+	// indexes bounds the memory of the directories' name indexes.
+	indexes indexCache
+	// acl: POSIX ACL semantics (acl.go); umasks holds the umask of each
+	// creating request; procUmask is the daemon's own.
+	acl       bool
+	umasks    sync.Map
+	procUmask uint32
 }
 
 func newUnion(o Options) (*union, error) {
 	u := &union{opts: o, log: o.Logger, ns: o.XattrNamespace, readOnly: o.readOnlyView(), workFd: -1}
+	u.indexes.max = maxIndexBytes
+	u.procUmask = processUmask()
 	u.uids = idMapper{m: o.UIDMap, squash: o.SquashUID}
 	u.gids = idMapper{m: o.GIDMap, squash: o.SquashGID}
 	var devs []uint64
@@ -187,7 +195,7 @@ func (u *union) resolve(d *node, name string) (*found, syscall.Errno) {
 	}
 	index := u.nameIndex(d)
 	d.mu.Lock()
-	ds := dirState{hasUpper: d.hasUpper, lowers: d.lowerDirs, lowerRel: d.lowerRel, index: index}
+	ds := dirState{hasUpper: d.hasUpper, lowers: d.lowerDirs(), lowerRel: d.dirLowerRel(), index: index}
 	d.mu.Unlock()
 	if ds.hasUpper && u.upper != nil {
 		urel, ok := d.upperRel()
@@ -205,7 +213,7 @@ type dirState struct {
 	upperRel string // the directory's path in the upper (when hasUpper)
 	lowers   []lowerDir
 	lowerRel string
-	index    []map[string]struct{} // see node.lowerNames; may be nil
+	index    *nameIndex // names of the lowers' dirs; may be nil
 }
 
 // resolvePath resolves a path of the view from the root without the
@@ -282,7 +290,6 @@ func (u *union) resolveIn(ds *dirState, name string) (*found, syscall.Errno) {
 				} else {
 					lowerRel = join(dirLowerRel, target)
 				}
-				u.noteRedirect(lowerRel)
 			}
 		case err == syscall.ENOENT || err == syscall.ENOTDIR:
 			if hasWhFile(u.upper, rel) {
@@ -293,13 +300,17 @@ func (u *union) resolveIn(ds *dirState, name string) (*found, syscall.Errno) {
 		}
 	}
 	f.lowerRel = lowerRel
+	var holders, whHolders uint64
+	if index != nil {
+		holders, whHolders = index.holders(name), index.holders(whiteout.Prefix+name)
+	}
 	for i, ld := range searchLowers {
 		l := u.lowers[ld.layer]
-		if index != nil && index[i] != nil {
-			// The dir was listed: answer absent names without a
+		if bit := uint64(1) << uint(i); index != nil && i < maxIndexedLayers && index.read&bit != 0 {
+			// The dir was read: answer absent names without a
 			// syscall.
-			if _, ok := index[i][name]; !ok {
-				if _, wh := index[i][whiteout.Prefix+name]; wh {
+			if holders&bit == 0 {
+				if whHolders&bit != 0 {
 					break
 				}
 				continue
@@ -437,6 +448,10 @@ func presentedType(path string, st *unix.Stat_t) uint32 {
 	return t
 }
 
+// maxIndexBytes bounds the name indexes of one mount (about 13 bytes and
+// the name per entry: a 100k-entry directory over 4 layers takes 2 MiB).
+const maxIndexBytes = 8 << 20
+
 // Deep stacks: a lookup of a name that most layers lack costs two stats
 // per layer (the name and its ".wh." file). Directories whose lower copies
 // are small together are read once instead and their names kept; big ones
@@ -446,34 +461,48 @@ const (
 	indexMaxBytes  = 256 << 10
 )
 
-// nameIndex returns d's per-layer name sets, building them for a small
-// directory spread over several lower layers.
-func (u *union) nameIndex(d *node) []map[string]struct{} {
-	d.mu.Lock()
-	index := d.lowerNames
-	lowers := d.lowerDirs
-	rel := d.lowerRel
-	build := index == nil && len(lowers) >= indexMinLayers && d.lowerDirBytes > 0 && d.lowerDirBytes <= indexMaxBytes
-	d.mu.Unlock()
-	if !build {
-		return index
+// nameIndex returns d's index of its lower dirs' names: the cached one, or
+// for a small directory spread over several lower layers a new one; nil
+// for others until a readdir builds theirs.
+func (u *union) nameIndex(d *node) *nameIndex {
+	lowers := d.lowerDirs()
+	if len(lowers) == 0 {
+		return nil
 	}
-	index = make([]map[string]struct{}, len(lowers))
+	d.mu.Lock()
+	slot := d.x.names
+	bytes := d.x.lowerDirBytes
+	d.mu.Unlock()
+	if slot != nil {
+		if x := slot.get(); x != nil {
+			return x
+		}
+	}
+	if len(lowers) < indexMinLayers || bytes <= 0 || bytes > indexMaxBytes {
+		return nil
+	}
+	var b indexBuilder
+	rel := d.dirLowerRel()
 	for i, ld := range lowers {
 		ents, err := readLayerDir(u.lowers[ld.layer], rel)
 		if err != nil {
-			continue // nil set: that layer is asked name by name
+			continue // not marked read: that layer is asked name by name
 		}
-		set := make(map[string]struct{}, len(ents))
-		for _, e := range ents {
-			set[e.name] = struct{}{}
-		}
-		index[i] = set
+		b.add(i, ents)
 	}
+	x := b.build()
+	u.keepIndex(d, x)
+	return x
+}
+
+// keepIndex stores x as directory d's index, in the mount's bounded cache.
+func (u *union) keepIndex(d *node, x *nameIndex) {
 	d.mu.Lock()
-	if d.lowerNames == nil && sameLowers(d.lowerDirs, lowers) && d.lowerRel == rel {
-		d.lowerNames = index
+	slot := d.x.names
+	if slot == nil {
+		slot = &cachedIndex{}
+		d.x.names = slot
 	}
 	d.mu.Unlock()
-	return index
+	u.indexes.put(slot, x)
 }

@@ -147,8 +147,8 @@ func TestMergeWithoutMount(t *testing.T) {
 			t.Fatalf("list: %v", errno)
 		}
 		m := map[string]uint64{}
-		for _, e := range ents {
-			if e.Name != "." && e.Name != ".." {
+		for i := 0; i < ents.len(); i++ {
+			if e := ents.entry(i); e.Name != "." && e.Name != ".." {
 				m[e.Name] = e.Ino
 			}
 		}
@@ -229,7 +229,7 @@ func TestVolatileAndNoXattrs(t *testing.T) {
 			// A dir located (through the index path) in a work dir
 			// that is not open: a sync fails to open it.
 			u.indexRel = "index"
-			d := &dirHandle{n: &node{u: u, isDir: true, indexed: true, lowerLayer: -1}, fd: -1}
+			d := &dirHandle{n: &node{u: u, isDir: true, lowerLayer: -1, x: &nodeExtra{indexed: true}}, fd: -1}
 			if errno := d.Fsyncdir(ctx, 0); (errno != 0) != tc.syncs {
 				t.Errorf("fsyncdir: %v, want a sync attempted = %v", errno, tc.syncs)
 			}
