@@ -43,8 +43,10 @@
 // On disk, files keep mode|0600 and directories mode|0700, without setuid,
 // setgid or sticky (those live only in the xattr); character and block
 // devices other than 0/0 become empty 0600 regular files whose xattr
-// records the device. security.* and trusted.* xattrs the kernel refuses
-// (EPERM) are skipped with a warning.
+// records the device. A security.capability the kernel refuses (it needs
+// CAP_SETFCAP) is kept in statoverride.CapabilityXattr (the containers
+// convention fuse-overlayfs reads too); other security.* and trusted.*
+// xattrs the kernel refuses (EPERM) are skipped with a warning.
 //
 // The caller syncs: no file is fsynced here.
 package apply
@@ -71,6 +73,16 @@ type Source interface {
 	Read(p []byte) (int, error)
 }
 
+// ChunkSource is a Source that can also hand out an entry's content in
+// buffers of its own, saving the copy into the applier's buffer.
+// ReadChunk returns the next bytes of the current entry's content (io.EOF
+// at its end), valid and unchanged until the next call of Next, Read or
+// ReadChunk. *layertar.Splitter satisfies it.
+type ChunkSource interface {
+	Source
+	ReadChunk() ([]byte, error)
+}
+
 // Options configure Apply.
 type Options struct {
 	// OpaqueNamespace: which opaque xattr to write (whiteout.Trusted as
@@ -79,8 +91,19 @@ type Options struct {
 	// Rootless: the caller cannot chown or mknod devices; ownership and
 	// types are kept in the override_stat xattr instead (see package doc).
 	Rootless bool
+	// ChownMapped (with Rootless), for root of a user namespace: also
+	// give each entry the tar's owner and group on disk where the
+	// namespace maps them (a full subordinate range maps 0-65535), so
+	// kernel overlayfs in that namespace shows them too. The record is
+	// written all the same; disk modes stay as Rootless makes them.
+	ChownMapped bool
 	// Logger receives warnings about skipped xattrs; nil discards them.
 	Logger *slog.Logger
+	// StartWriteback sends the data of large files to the disk while the
+	// rest is applied (sync_file_range, on a goroutine of its own), for
+	// a caller that syncs the file system at the end: its sync then has
+	// less left to wait for. It makes nothing durable by itself.
+	StartWriteback bool
 }
 
 // Result sums up what Apply wrote.
@@ -113,9 +136,11 @@ func Apply(ctx context.Context, src Source, dir string, opts Options) (Result, e
 	if err != nil {
 		return Result{}, fmt.Errorf("apply: open layer dir %s: %w", dir, err)
 	}
+	chunks, _ := src.(ChunkSource)
 	a := &applier{
 		ctx:      ctx,
 		src:      src,
+		chunks:   chunks,
 		opts:     opts,
 		log:      opts.Logger,
 		root:     root,
@@ -128,7 +153,11 @@ func Apply(ctx context.Context, src Source, dir string, opts Options) (Result, e
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
+	if opts.StartWriteback {
+		a.wb = newWriteback()
+	}
 	defer a.closeAll()
+	a.initCreation()
 
 	last := ""
 	for {
@@ -153,6 +182,13 @@ func Apply(ctx context.Context, src Source, dir string, opts Options) (Result, e
 	if err := a.finish(); err != nil {
 		return a.res, err
 	}
+	if a.wb != nil {
+		wb := a.wb
+		a.wb = nil
+		if err := wb.stop(); err != nil {
+			return a.res, err
+		}
+	}
 	return a.res, nil
 }
 
@@ -176,19 +212,25 @@ type pendingWhiteout struct {
 }
 
 type applier struct {
-	ctx  context.Context
-	src  Source
-	opts Options
-	log  *slog.Logger
-	root int
-	buf  []byte
-	zero []byte
-	res  Result
+	ctx    context.Context
+	src    Source
+	chunks ChunkSource // src, when it can hand out chunks
+	opts   Options
+	log    *slog.Logger
+	root   int
+	buf    []byte
+	zero   []byte
+	res    Result
 
 	seen      map[string]kind
 	dirTimes  map[string]*[2]unix.Timespec // directories the tar named
 	whiteouts []pendingWhiteout
 	fds       map[string]int // cached directory descriptors by cleaned path
+
+	create creation   // what openat makes of a new file
+	wb     *writeback // with Options.StartWriteback
+	// started is how much of the file being written was handed to wb.
+	started int64
 }
 
 func (a *applier) entry(hdr *tar.Header) error {
@@ -213,7 +255,11 @@ func (a *applier) entry(hdr *tar.Header) error {
 		if _, err := a.drain(hdr.Name); err != nil {
 			return err
 		}
-		return a.dirMeta("", node{pfd: -1, fd: a.root}, hdr)
+		if err := a.dirMeta("", node{pfd: -1, fd: a.root}, hdr); err != nil {
+			return err
+		}
+		a.noteDir("", hdr)
+		return nil
 	}
 
 	switch e := whiteout.ClassifyName(base); e.Kind {
@@ -277,15 +323,20 @@ func (a *applier) file(hdr *tar.Header, name, parent, base string) error {
 	if err != nil {
 		return err
 	}
-	fd, err := unix.Openat(pfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	mode, permSet, ownerSet := a.fileCreation(hdr, parent)
+	fd, err := unix.Openat(pfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
 	if err != nil {
 		return fmt.Errorf("apply %s: create: %w", hdr.Name, err)
 	}
 	a.seen[name] = kindNonDir
+	a.started = 0
 	n, err := a.writeContent(hdr, fd, isSparse(hdr))
 	a.res.Size += n
 	if err == nil {
-		err = a.meta(hdr, node{pfd: pfd, base: base, fd: fd}, unix.S_IFREG, 0)
+		err = a.meta(hdr, node{pfd: pfd, base: base, fd: fd, permSet: permSet, ownerSet: ownerSet}, unix.S_IFREG, 0)
+	}
+	if a.wb != nil && (a.started > 0 || err == nil && n >= writebackMin) && a.wb.startAndClose(fd, a.started, hdr.Name, a.started > 0) {
+		return err
 	}
 	if cerr := unix.Close(fd); err == nil && cerr != nil {
 		err = fmt.Errorf("apply %s: close: %w", hdr.Name, cerr)
@@ -313,6 +364,9 @@ func (a *applier) dir(hdr *tar.Header, name, parent, base string) error {
 	}
 	err = a.dirMeta(name, node{pfd: pfd, base: base, fd: fd}, hdr)
 	unix.Close(fd)
+	if err == nil {
+		a.noteDir(name, hdr)
+	}
 	return err
 }
 
@@ -541,6 +595,10 @@ func (a *applier) closeCache() {
 }
 
 func (a *applier) closeAll() {
+	if a.wb != nil {
+		a.wb.stop()
+		a.wb = nil
+	}
 	a.closeCache()
 	unix.Close(a.root)
 }

@@ -29,6 +29,9 @@ func isSparse(hdr *tar.Header) bool {
 // its length. Sparse entries get a hole for every 4 KiB block of zeros
 // (archive/tar hands out holes as zeros), others are written densely.
 func (a *applier) writeContent(hdr *tar.Header, fd int, sparse bool) (int64, error) {
+	if !sparse && a.chunks != nil {
+		return a.writeChunks(hdr, fd)
+	}
 	var off int64
 	for {
 		if off > 0 {
@@ -64,6 +67,35 @@ func (a *applier) writeContent(hdr *tar.Header, fd int, sparse bool) (int64, err
 		}
 	}
 	return off, nil
+}
+
+// writeChunks writes a dense entry's content as the source hands it out.
+func (a *applier) writeChunks(hdr *tar.Header, fd int) (int64, error) {
+	var off int64
+	for {
+		if off > 0 {
+			if err := a.ctx.Err(); err != nil {
+				return off, fmt.Errorf("apply %s: %w", hdr.Name, err)
+			}
+		}
+		chunk, rerr := a.chunks.ReadChunk()
+		if len(chunk) > 0 {
+			if err := writeAll(fd, chunk); err != nil {
+				return off, fmt.Errorf("apply %s: write: %w", hdr.Name, err)
+			}
+			off += int64(len(chunk))
+			if a.wb != nil && off-a.started >= writebackStep {
+				a.wb.start(fd, a.started, off-a.started)
+				a.started = off
+			}
+		}
+		if rerr == io.EOF {
+			return off, nil
+		}
+		if rerr != nil {
+			return off, fmt.Errorf("apply %s: %w", hdr.Name, rerr)
+		}
+	}
 }
 
 // fill reads until the buffer is full or the entry ends, so that every

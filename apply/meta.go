@@ -23,6 +23,9 @@ type node struct {
 	base        string
 	fd          int
 	placeholder bool // rootless stand-in file for a device
+	// permSet, ownerSet: a file created with the entry's permissions,
+	// or owner and group, already (see creation).
+	permSet, ownerSet bool
 }
 
 func (n node) chown(uid, gid int) error {
@@ -104,15 +107,20 @@ func entryTimes(hdr *tar.Header) [2]unix.Timespec {
 func (a *applier) meta(hdr *tar.Header, n node, ifmt uint32, rdev uint64) error {
 	perm := uint32(hdr.Mode) & 0o7777
 	if !a.opts.Rootless {
-		if err := n.chown(hdr.Uid, hdr.Gid); err != nil {
-			return fmt.Errorf("apply %s: chown %d:%d: %w", hdr.Name, hdr.Uid, hdr.Gid, err)
+		if !n.ownerSet {
+			if err := n.chown(hdr.Uid, hdr.Gid); err != nil {
+				return fmt.Errorf("apply %s: chown %d:%d: %w", hdr.Name, hdr.Uid, hdr.Gid, err)
+			}
 		}
-		if ifmt != unix.S_IFLNK {
+		if ifmt != unix.S_IFLNK && !n.permSet {
 			if err := n.chmod(perm); err != nil {
 				return fmt.Errorf("apply %s: chmod %04o: %w", hdr.Name, perm, err)
 			}
 		}
-	} else if ifmt != unix.S_IFLNK {
+	} else if a.opts.ChownMapped {
+		a.chownMapped(hdr, n)
+	}
+	if a.opts.Rootless && ifmt != unix.S_IFLNK {
 		disk := perm&0o777 | 0o600
 		switch {
 		case n.placeholder:
@@ -146,6 +154,18 @@ func (a *applier) meta(hdr *tar.Header, n node, ifmt uint32, rdev uint64) error 
 		return fmt.Errorf("apply %s: set times: %w", hdr.Name, err)
 	}
 	return nil
+}
+
+// chownMapped gives a rootless entry the tar's owner and group where the
+// caller may (root of a user namespace whose map holds them), each on its
+// own: an ID the namespace does not map (EINVAL) stays the caller's, and
+// the override record keeps the truth either way.
+func (a *applier) chownMapped(hdr *tar.Header, n node) {
+	if n.chown(hdr.Uid, hdr.Gid) == nil {
+		return
+	}
+	n.chown(hdr.Uid, -1)
+	n.chown(-1, hdr.Gid)
 }
 
 const paxXattrPrefix = "SCHILY.xattr."
@@ -195,7 +215,16 @@ func (a *applier) xattr(hdr *tar.Header, n node, ifmt uint32, name, value string
 		a.log.Warn("skipping xattr the filesystem does not support", "entry", hdr.Name, "xattr", name, "err", err)
 		return nil
 	}
-	if a.opts.Rootless && (errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES)) &&
+	refused := errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES)
+	if a.opts.Rootless && refused && name == statoverride.SecurityCapability && (ifmt == unix.S_IFREG || ifmt == unix.S_IFDIR) {
+		// Setting it needs CAP_SETFCAP: keep it where the union and a
+		// commit find it (statoverride.CapabilityXattr).
+		if err := n.setxattr(statoverride.CapabilityXattr, value); err != nil {
+			return fmt.Errorf("apply %s: set %s: %w", hdr.Name, statoverride.CapabilityXattr, err)
+		}
+		return nil
+	}
+	if a.opts.Rootless && refused &&
 		(strings.HasPrefix(name, "security.") || strings.HasPrefix(name, "trusted.")) {
 		a.log.Warn("skipping privileged xattr", "entry", hdr.Name, "xattr", name, "err", err)
 		return nil

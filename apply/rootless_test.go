@@ -144,7 +144,8 @@ func TestRootlessXattrPolicy(t *testing.T) {
 
 // TestRootlessUnprivileged applies as a real unprivileged user (a child
 // process with uid 65534) and checks the EPERM paths: no mknod of devices,
-// 0/0 whiteouts still made, security.capability skipped with a warning.
+// 0/0 whiteouts still made, security.capability kept under
+// statoverride.CapabilityXattr.
 func TestRootlessUnprivileged(t *testing.T) {
 	testutil.NeedRoot(t)
 	s := newSandbox(t)
@@ -180,8 +181,15 @@ func TestRootlessUnprivileged(t *testing.T) {
 	if err != nil {
 		t.Fatalf("unprivileged apply: %v\n%s", err, out)
 	}
-	if !strings.Contains(out, "security.capability") {
-		t.Errorf("no warning about security.capability in:\n%s", out)
+	if strings.Contains(out, "security.capability") {
+		t.Errorf("security.capability reported as lost:\n%s", out)
+	}
+	ping := filepath.Join(s.layer, "ping")
+	if v, ok := getxattr(t, ping, statoverride.CapabilityXattr); !ok || v != capNetBindService() {
+		t.Errorf("ping: %s = %q (present %v), want the tar's capability", statoverride.CapabilityXattr, v, ok)
+	}
+	if v, ok := getxattr(t, ping, statoverride.SecurityCapability); ok {
+		t.Errorf("ping: an unprivileged apply set %s = %q", statoverride.SecurityCapability, v)
 	}
 	if st := lstat(t, filepath.Join(s.layer, "sda")); st.Mode&unix.S_IFMT != unix.S_IFREG || st.Uid != 65534 {
 		t.Errorf("sda: mode %o uid %d, want a placeholder file owned by the caller", st.Mode, st.Uid)

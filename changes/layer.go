@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -297,18 +298,28 @@ func readlinkAt(dirfd int, name string) (string, error) {
 }
 
 // readXattrs returns the xattrs of p (not following a symlink) that
-// belong in a layer: all but the private overlay/layerfs ones.
+// belong in a layer: all but the private overlay/layerfs ones. A
+// capability a rootless store kept (statoverride.CapabilityXattr) goes in
+// as the security.capability it stands for, unless p has a real one.
 func readXattrs(p string) (map[string]string, error) {
 	names, err := listXattrs(p)
 	if err != nil {
 		return nil, err
+	}
+	keptCapability := slices.Contains(names, statoverride.CapabilityXattr) && !slices.Contains(names, statoverride.SecurityCapability)
+	if keptCapability {
+		names = append(slices.Clone(names), statoverride.SecurityCapability)
 	}
 	var out map[string]string
 	for _, name := range names {
 		if whiteout.IsPrivateXattr(name) {
 			continue
 		}
-		v, err := getXattr(p, name)
+		stored := name
+		if keptCapability && name == statoverride.SecurityCapability {
+			stored = statoverride.CapabilityXattr
+		}
+		v, err := getXattr(p, stored)
 		if errors.Is(err, unix.ENODATA) {
 			continue
 		}

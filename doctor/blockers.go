@@ -21,10 +21,23 @@ func FuseBlockers(target string) []string {
 	if p, err := exec.LookPath("fusermount3"); err == nil {
 		f.Fuse.Fusermount, f.Fuse.FusermountSetuid = p, setuidRoot(p)
 	}
-	return fuseBlockers(f, target, unix.Access(target, unix.W_OK) == nil)
+	mp := mountPoint{writable: unix.Access(target, unix.W_OK) == nil}
+	var st unix.Stat_t
+	if unix.Stat(target, &st) == nil {
+		mp.stickyNotOwned = st.Mode&unix.S_ISVTX != 0 && int(st.Uid) != os.Getuid()
+	}
+	return fuseBlockers(f, target, mp)
 }
 
-func fuseBlockers(f Facts, target string, targetWritable bool) []string {
+// mountPoint is what fusermount3 checks of a mount point.
+type mountPoint struct {
+	writable bool
+	// stickyNotOwned: a sticky directory (like /tmp itself) owned by
+	// someone else, which fusermount3 refuses even when writable.
+	stickyNotOwned bool
+}
+
+func fuseBlockers(f Facts, target string, mp mountPoint) []string {
 	var out []string
 	if !f.Fuse.DevFuse {
 		out = append(out, "/dev/fuse cannot be opened read-write ("+f.Fuse.DevFuseErr+"): as root, modprobe fuse and chmod 0666 /dev/fuse; in a container, --device /dev/fuse")
@@ -42,8 +55,12 @@ func fuseBlockers(f Facts, target string, targetWritable bool) []string {
 	case !f.BoundingSysAdmin:
 		out = append(out, "CAP_SYS_ADMIN is not in the bounding set, so setuid fusermount3 cannot mount (a container without --cap-add SYS_ADMIN)")
 	}
-	if f.EUID != 0 && !targetWritable {
+	switch {
+	case f.EUID == 0:
+	case !mp.writable:
 		out = append(out, "you cannot write to the mount point "+target+": fusermount3 mounts only on directories the user may write to (uid "+strconv.Itoa(f.EUID)+")")
+	case mp.stickyNotOwned:
+		out = append(out, "the mount point "+target+" is not owned by you: fusermount3 refuses a sticky directory (like /tmp itself) that another user owns; mount on a directory of your own")
 	}
 	return out
 }

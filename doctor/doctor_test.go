@@ -351,33 +351,36 @@ func TestFuseBlockers(t *testing.T) {
 		name     string
 		facts    func() Facts
 		writable bool
+		sticky   bool     // a sticky mount point another user owns
 		want     []string // substrings, one per blocker, in order
 	}{
-		{"plain user, all fine", userFacts, true, nil},
-		{"root, all fine, target not writable", rootFacts, false, nil},
+		{"plain user, all fine", userFacts, true, false, nil},
+		{"root, all fine, target not writable", rootFacts, false, false, nil},
 		{"plain user, /dev/fuse closed", func() Facts {
 			f := userFacts()
 			f.Fuse.DevFuse, f.Fuse.DevFuseErr = false, "permission denied"
 			return f
-		}, true, []string{"chmod 0666 /dev/fuse"}},
+		}, true, false, []string{"chmod 0666 /dev/fuse"}},
 		{"plain user, no fusermount3, foreign target", func() Facts {
 			f := userFacts()
 			f.Fuse.Fusermount = ""
 			return f
-		}, false, []string{"install fuse3", "cannot write to the mount point /mnt/x"}},
+		}, false, false, []string{"install fuse3", "cannot write to the mount point /mnt/x"}},
 		{"plain user, no_new_privs", func() Facts {
 			f := userFacts()
 			f.NoNewPrivs = true
 			return f
-		}, true, []string{"no_new_privs"}},
+		}, true, false, []string{"no_new_privs"}},
 		{"root without CAP_SYS_ADMIN", func() Facts {
 			f := rootFacts()
 			f.SysAdmin, f.BoundingSysAdmin = false, false
 			return f
-		}, true, []string{"--cap-add SYS_ADMIN"}},
+		}, true, false, []string{"--cap-add SYS_ADMIN"}},
+		{"plain user, sticky mount point of another user", userFacts, true, true, []string{"not owned by you"}},
+		{"root, sticky mount point of another user", rootFacts, true, true, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := fuseBlockers(tc.facts(), "/mnt/x", tc.writable)
+			got := fuseBlockers(tc.facts(), "/mnt/x", mountPoint{writable: tc.writable, stickyNotOwned: tc.sticky})
 			if len(got) != len(tc.want) {
 				t.Fatalf("got %q, want %d blockers like %q", got, len(tc.want), tc.want)
 			}

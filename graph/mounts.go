@@ -29,6 +29,12 @@ type Mount struct {
 	ReadOnly  bool      `json:"readOnly,omitempty"`
 	Temporary bool      `json:"temporary,omitempty"`
 	Started   time.Time `json:"started"`
+	// KernelOptions are the options the kernel reports for a kernel
+	// driver mount (layer paths left out), e.g. "redirect_dir=on".
+	KernelOptions []string `json:"kernelOptions,omitempty"`
+	// Dropped lists the features a kernel driver mount asked for and goes
+	// without, each with why ("index=on: ...").
+	Dropped []string `json:"dropped,omitempty"`
 	// State is not stored; Mounts fills it in: "mounted", "dead" (the
 	// daemon is gone and the mount answers ENOTCONN), or "unmounted" (the
 	// target is no longer a mount point).

@@ -233,7 +233,9 @@ func IsPrivateXattr(name string) bool {
 		strings.HasPrefix(name, "user.overlay.") ||
 		strings.HasPrefix(name, "user.layerfs.") ||
 		strings.HasPrefix(name, "trusted.layerfs.") ||
-		name == "user.containers.override_stat" ||
+		// containers/storage's rootless records: override_stat, and
+		// security.* kept as user.containers.override_security.*.
+		strings.HasPrefix(name, "user.containers.override_") ||
 		strings.HasPrefix(name, "user.fuseoverlayfs.")
 }
 

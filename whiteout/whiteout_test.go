@@ -101,7 +101,13 @@ func TestNamespaces(t *testing.T) {
 	if _, err := ParseNamespace("security"); err == nil {
 		t.Fatal("ParseNamespace accepted security")
 	}
-	if IsPrivateXattr("user.mime_type") || IsPrivateXattr("security.capability") {
+	if IsPrivateXattr("user.mime_type") || IsPrivateXattr("security.capability") || IsPrivateXattr("user.containers.note") {
 		t.Fatal("ordinary xattrs classified private")
+	}
+	// A rootless store's records (containers/storage's names).
+	for _, name := range []string{"user.containers.override_stat", "user.containers.override_security.capability"} {
+		if !IsPrivateXattr(name) {
+			t.Fatalf("%s not private", name)
+		}
 	}
 }

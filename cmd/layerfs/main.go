@@ -26,7 +26,7 @@ func main() {
 	err := app.RunContext(ctx, flagsFirst(app, os.Args))
 	stop()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "layerfs: %v\n", err)
+		fmt.Fprintf(os.Stderr, "layerfs: %v\n", explain(err))
 		os.Exit(1)
 	}
 }

@@ -67,8 +67,15 @@ func serveOverlay(c *overlayopts.Command, args []string, stderr io.Writer) error
 		if err := checkDirs(c); err != nil {
 			return err
 		}
-		_, err := daemon.Start(args, nil, "")
-		return err
+		if c.Options.AllowOther {
+			if err := checkAllowOther(); err != nil {
+				return err
+			}
+		}
+		if _, err := daemon.Start(args, nil, ""); err != nil {
+			return withFuseHints(err, c.Mountpoint)
+		}
+		return nil
 	}
 	level := slog.LevelWarn
 	if c.Options.Debug {
@@ -91,9 +98,17 @@ func serveOverlay(c *overlayopts.Command, args []string, stderr io.Writer) error
 		return nil
 	}
 	opts := c.Options
+	if os.Geteuid() == 0 {
+		// As fuse-overlayfs does for root (a rootless container
+		// runtime runs it as root of its user namespace): the
+		// container's other users must reach their root filesystem,
+		// held to its owners and modes.
+		opts.AllowOther = true
+	}
 	opts.Logger = log
 	opts.Volatile = c.Volatile
 	opts.NoXattrs = c.NoXattrs
+	fusefs.TuneGC() // this process now serves the union
 	srv, err := fusefs.Mount(c.Mountpoint, opts)
 	if err != nil {
 		notifier.Fail(err)

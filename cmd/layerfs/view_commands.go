@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -130,6 +131,7 @@ both at umount.`,
 			&cli.BoolFlag{Name: "tmp", Usage: "throwaway view in a new temp dir (prints its path)"},
 			&cli.StringFlag{Name: "name", Usage: "name of the view created for an image or layer"},
 			&cli.BoolFlag{Name: "temporary", Hidden: true},
+			&cli.BoolFlag{Name: "allow-other", Usage: "let other users use the view, held to the owners and modes it shows (a plain user needs user_allow_other in /etc/fuse.conf)"},
 		},
 		Action: mountAction,
 	}
@@ -184,6 +186,11 @@ func mountAction(c *cli.Context) error {
 	if err := p.resolve(c, s, ref); err != nil {
 		return fail(err)
 	}
+	if c.Bool("allow-other") {
+		if err := checkAllowOther(); err != nil { // rootless.go
+			return fail(p.undo(c, s, err))
+		}
+	}
 	useKernel, why := chooseViewDriver(s, driver, p)
 	if !c.Bool("foreground") && daemon.FromEnv() == nil {
 		if useKernel {
@@ -193,7 +200,7 @@ func mountAction(c *cli.Context) error {
 		}
 	}
 	if useKernel {
-		err := mountKernel(s, p)
+		err := mountKernel(c, s, p)
 		if err == nil {
 			fmt.Fprintln(c.App.Writer, p.target)
 			return nil
@@ -288,30 +295,71 @@ func chooseViewDriver(s *graph.Store, driver string, p mountPlan) (kernel bool, 
 	return false, "kernel overlay refused: " + probe.Reason
 }
 
+// kernelViewOptions are the kernel overlay options of a view mount
+// (overlay.ViewOptions): redirect_dir=on and index=on where the kernel
+// allows them, userxattr inside a user namespace or for a store whose
+// markers are user.* xattrs. The union reads what these options make the
+// kernel write (fusefs: "What the union reads").
 func kernelViewOptions(s *graph.Store, p mountPlan) overlay.Options {
 	userns := overlay.InUserNamespace() || s.Namespace() == whiteout.User
-	return overlay.Options{
-		Lowers:      p.dirs.Lowers,
-		Upper:       p.dirs.Upper,
-		Work:        p.dirs.Work,
-		ReadOnly:    p.ro,
-		UserXattr:   userns,
-		RedirectDir: !userns,
-		// index=on would tie the upper to these exact lower dirs and
-		// make the kernel refuse it after a union mount wrote to it.
-		Index: false,
-	}
+	o := overlay.ViewOptions(p.dirs.Lowers, p.dirs.Upper, p.dirs.Work, userns)
+	o.ReadOnly = p.ro
+	return o
 }
 
-func mountKernel(s *graph.Store, p mountPlan) error {
-	if _, err := overlay.Mount(p.target, kernelViewOptions(s, p)); err != nil {
+// mountKernel mounts a view with kernel overlayfs and records the mount
+// with the options in effect and the features the kernel went without.
+func mountKernel(c *cli.Context, s *graph.Store, p mountPlan) error {
+	res, err := overlay.MountView(p.target, kernelViewOptions(s, p))
+	if err != nil {
 		return fmt.Errorf("mount %s: %w", p.target, err)
 	}
-	if err := s.AddMount(p.record(s, "kernel", 0)); err != nil {
+	m := p.record(s, "kernel", 0)
+	m.KernelOptions = res.SuperOptions
+	for _, d := range res.Dropped {
+		m.Dropped = append(m.Dropped, d.String())
+		fmt.Fprintf(c.App.ErrWriter, "layerfs: kernel overlay without %s\n", d)
+	}
+	if err := s.AddMount(m); err != nil {
 		overlay.Unmount(p.target, true)
 		return err
 	}
 	return nil
+}
+
+// settleView runs adoptKernelIndex on the view ref names, if it names one;
+// a failure only leaves some names of a hardlink group with the lower's
+// data in the upper, so it is a warning.
+func settleView(c *cli.Context, s *graph.Store, ref string) {
+	v, err := s.View(ref)
+	if err != nil {
+		return // the command itself says what is wrong with ref
+	}
+	if err := adoptKernelIndex(c, s, v); err != nil {
+		fmt.Fprintf(c.App.ErrWriter, "layerfs: warning: view %s: cannot read the kernel overlay index: %v\n", v.ID[:12], err)
+	}
+}
+
+// adoptKernelIndex makes a view's upper describe the view alone after the
+// kernel driver mounted it with index=on (see fusefs.AdoptKernelIndex), so
+// that diff and commit, which read the upper, see every name of a copied-up
+// hardlink group. A view mounted right now is left alone.
+func adoptKernelIndex(c *cli.Context, s *graph.Store, v *graph.View) error {
+	mounts, err := s.Mounts()
+	if err != nil {
+		return err
+	}
+	for _, m := range mounts {
+		if m.View == v.ID && m.State != graph.StateUnmounted {
+			return nil
+		}
+	}
+	d, err := s.Dirs(v)
+	if err != nil {
+		return err
+	}
+	return fusefs.AdoptKernelIndex(fusefs.Options{Lowers: d.Lowers, Upper: d.Upper, Work: d.Work,
+		XattrNamespace: s.Namespace(), Logger: logger(c)})
 }
 
 // mountFuse starts the union daemon (re-executing this command in the
@@ -333,6 +381,9 @@ func mountFuse(c *cli.Context, s *graph.Store, p mountPlan) error {
 		}
 		if p.temp {
 			args = append(args, "--temporary")
+		}
+		if c.Bool("allow-other") {
+			args = append(args, "--allow-other")
 		}
 		logPath, err := s.MountLogPath(p.target)
 		if err != nil {
@@ -356,11 +407,13 @@ func mountFuse(c *cli.Context, s *graph.Store, p mountPlan) error {
 		FsName:         "layerfs",
 		Debug:          c.Bool("debug"),
 		Logger:         logger(c),
+		AllowOther:     c.Bool("allow-other"),
 	}
 	if os.Geteuid() != 0 {
 		// Rootless mounts never honour setuid bits or device nodes.
 		opts.ExtraMountOptions = append(opts.ExtraMountOptions, "nosuid", "nodev")
 	}
+	fusefs.TuneGC() // this process now serves the union
 	srv, err := fusefs.Mount(p.target, opts)
 	if err != nil {
 		err = fmt.Errorf("mount %s: %w", p.target, err)
@@ -425,6 +478,9 @@ func umountCommand() *cli.Command {
 			}
 			waitExit(m.PID, 5*time.Second)
 			forgetMount(c, s, m.Target)
+			if m.Driver == "kernel" && m.View != "" && !m.ReadOnly && !m.Temporary {
+				settleView(c, s, m.View)
+			}
 			return nil
 		},
 	}
@@ -469,11 +525,27 @@ func waitExit(pid int, limit time.Duration) {
 	}
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) {
-		if unix.Kill(pid, 0) != nil {
+		if unix.Kill(pid, 0) != nil || exited(pid) {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// exited reports whether pid has exited and waits to be reaped (a zombie):
+// the daemon's parent is gone, and whoever adopted it (init, a container's
+// pid 1, a subreaper) may take its time to reap it.
+func exited(pid int) bool {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return true
+	}
+	// "pid (comm) S ...": the state follows the last ')'.
+	i := strings.LastIndexByte(string(stat), ')')
+	if i < 0 || i+2 >= len(stat) {
+		return false
+	}
+	return stat[i+2] == 'Z' || stat[i+2] == 'X'
 }
 
 func mountsCommand() *cli.Command {
@@ -530,6 +602,7 @@ func diffCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			settleView(c, s, c.Args().First())
 			_, list, err := s.Diff(c.Context, c.Args().First())
 			if err != nil {
 				return err
@@ -575,6 +648,7 @@ starts over otherwise), so the layer is the upper as it was at one instant.`,
 			if err != nil {
 				return err
 			}
+			settleView(c, s, c.Args().First())
 			l, img, err := s.Commit(c.Context, c.Args().First(), graph.CommitOptions{
 				Name: c.String("name"), Message: c.String("message"), Keep: c.Bool("keep")})
 			if err != nil {

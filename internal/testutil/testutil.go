@@ -69,6 +69,18 @@ func NeedRootOnly(t testing.TB, why string) {
 	NeedRoot(t)
 }
 
+// NeedRootlessPass is for tests whose point is a plain user's view of
+// something only such a user has (their own subordinate ID range, their
+// own user namespaces): they run in the rootless pass only, and the root
+// pass skips them with why, whatever CI says.
+func NeedRootlessPass(t testing.TB, why string) {
+	t.Helper()
+	if !RootlessPass() {
+		t.Skipf("runs in the rootless pass only: %s", why)
+	}
+	NeedRootOrRootlessPass(t)
+}
+
 // NeedTool needs a program on PATH and returns its path.
 func NeedTool(t testing.TB, name string) string {
 	t.Helper()
