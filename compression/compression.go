@@ -58,7 +58,10 @@ func ParseFormat(s string) (Format, error) {
 
 // Decompress returns the uncompressed stream of r and the format found.
 func Decompress(r io.Reader) (io.ReadCloser, Format, error) {
-	br := bufio.NewReaderSize(r, 1<<20)
+	// Reads at least this large bypass the buffer once it is drained: a
+	// plain tar's file contents go straight from the kernel into the
+	// reader's buffer.
+	br := bufio.NewReaderSize(r, 128<<10)
 	head, err := br.Peek(8)
 	if err != nil && err != io.EOF && err != bufio.ErrBufferFull {
 		return nil, None, fmt.Errorf("read stream header: %w", err)

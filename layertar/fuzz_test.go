@@ -23,7 +23,7 @@ func FuzzSplitAssemble(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		dir := t.TempDir()
 		var meta bytes.Buffer
-		sp := NewSplitter(bytes.NewReader(data), storage.NewJSONPacker(&meta))
+		sp := NewSplitter(bytes.NewReader(data), NewRecordWriter(&meta))
 		// Payloads go to files named by entry number: names in fuzzed
 		// input may be anything.
 		names := map[string]string{}
@@ -43,7 +43,7 @@ func FuzzSplitAssemble(f *testing.F) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := io.Copy(fh, sp); err != nil {
+			if err := copyContent(fh, sp, i%2 == 0); err != nil {
 				fh.Close()
 				return
 			}
@@ -53,13 +53,16 @@ func FuzzSplitAssemble(f *testing.F) {
 			}
 			names[hdr.Name] = p
 		}
-		var out bytes.Buffer
-		open := func(name string) (*os.File, error) { return os.Open(names[name]) }
-		if err := Assemble(context.Background(), storage.NewJSONUnpacker(&meta), open, &out, AssembleOptions{VerifyPayloads: true}); err != nil {
-			t.Fatalf("accepted stream does not reassemble: %v", err)
-		}
-		if !bytes.Equal(out.Bytes(), data) {
-			t.Fatalf("reassembled %d bytes differ from the %d accepted", out.Len(), len(data))
+		// The record reads the same with tar-split's own unpacker.
+		for _, up := range []storage.Unpacker{NewRecordReader(bytes.NewReader(meta.Bytes())), storage.NewJSONUnpacker(bytes.NewReader(meta.Bytes()))} {
+			var out bytes.Buffer
+			open := func(name string) (int, error) { return openRead(names[name]) }
+			if _, err := Assemble(context.Background(), up, open, &out, AssembleOptions{VerifyPayloads: true}); err != nil {
+				t.Fatalf("accepted stream does not reassemble: %v", err)
+			}
+			if !bytes.Equal(out.Bytes(), data) {
+				t.Fatalf("reassembled %d bytes differ from the %d accepted", out.Len(), len(data))
+			}
 		}
 	})
 }

@@ -16,15 +16,20 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/vbatts/tar-split/tar/storage"
+	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/internal/asynchash"
 )
 
-// roundTrip splits data, writes each payload-bearing entry densely into a
-// directory, and reassembles. It returns the reassembled bytes.
+// roundTrip splits data (recording with RecordWriter), writes each
+// payload-bearing entry densely into a directory, and reassembles it
+// twice: reading the record with RecordReader and with tar-split's own
+// unpacker. It returns the reassembled bytes.
 func roundTrip(t *testing.T, data []byte) []byte {
 	t.Helper()
 	dir := t.TempDir()
 	var meta bytes.Buffer
-	sp := NewSplitter(bytes.NewReader(data), storage.NewJSONPacker(&meta))
+	sp := NewSplitter(bytes.NewReader(data), NewRecordWriter(&meta))
 	for {
 		hdr, err := sp.Next()
 		if errors.Is(err, io.EOF) {
@@ -44,7 +49,8 @@ func roundTrip(t *testing.T, data []byte) []byte {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := io.Copy(f, sp); err != nil {
+		// Half the entries read with Read, half with ReadChunk.
+		if err := copyContent(f, sp, len(hdr.Name)%2 == 0); err != nil {
 			t.Fatal(err)
 		}
 		f.Close()
@@ -52,12 +58,21 @@ func roundTrip(t *testing.T, data []byte) []byte {
 	if got, want := sp.DiffID(), digest.FromBytes(data); got != want {
 		t.Fatalf("DiffID %s, want %s", got, want)
 	}
-	var out bytes.Buffer
-	open := func(name string) (*os.File, error) { return os.Open(filepath.Join(dir, filepath.Clean(name))) }
-	if err := Assemble(context.Background(), storage.NewJSONUnpacker(&meta), open, &out, AssembleOptions{VerifyPayloads: true}); err != nil {
-		t.Fatalf("assemble: %v", err)
+	open := func(name string) (int, error) { return openRead(filepath.Join(dir, filepath.Clean(name))) }
+	var outs [2]bytes.Buffer
+	for i, up := range []storage.Unpacker{NewRecordReader(bytes.NewReader(meta.Bytes())), storage.NewJSONUnpacker(bytes.NewReader(meta.Bytes()))} {
+		sum, err := Assemble(context.Background(), up, open, &outs[i], AssembleOptions{VerifyPayloads: true})
+		if err != nil {
+			t.Fatalf("assemble with unpacker %d: %v", i, err)
+		}
+		if want := digest.FromBytes(outs[i].Bytes()); sum != want {
+			t.Fatalf("Assemble returned %s for a stream that hashes to %s", sum, want)
+		}
 	}
-	return out.Bytes()
+	if !bytes.Equal(outs[0].Bytes(), outs[1].Bytes()) {
+		t.Fatal("RecordReader and tar-split's unpacker reassemble different streams")
+	}
+	return outs[0].Bytes()
 }
 
 func gnuTar(t *testing.T, dir string, args ...string) []byte {
@@ -171,8 +186,8 @@ func TestAssembleDetectsChangedFile(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			os.WriteFile(filepath.Join(dir, "f"), []byte(tc.content), 0o644)
-			open := func(name string) (*os.File, error) { return os.Open(filepath.Join(dir, name)) }
-			err := Assemble(context.Background(), storage.NewJSONUnpacker(bytes.NewReader(meta.Bytes())), open, io.Discard, AssembleOptions{VerifyPayloads: true})
+			open := func(name string) (int, error) { return openRead(filepath.Join(dir, name)) }
+			_, err := Assemble(context.Background(), NewRecordReader(bytes.NewReader(meta.Bytes())), open, io.Discard, AssembleOptions{VerifyPayloads: true})
 			if err == nil || !strings.Contains(err.Error(), "export f") {
 				t.Fatalf("Assemble over a changed file: err = %v, want an error naming f", err)
 			}
@@ -238,6 +253,11 @@ func TestSplitterRejectsTruncation(t *testing.T) {
 			if errors.Is(err, io.EOF) {
 				t.Fatalf("a tar cut at %d of %d bytes read as complete", cut, len(whole))
 			}
+			// Cut after an entry's data, in its padding, or at a header:
+			// the stream ended where an entry could have.
+			if (cut == 515 || cut == 700 || cut == 1024) && !strings.Contains(err.Error(), "truncated") {
+				t.Fatalf("a tar cut at %d: %v, want it called truncated", cut, err)
+			}
 		})
 	}
 	sp := NewSplitter(bytes.NewReader(whole[:2560+512]), storage.NewJSONPacker(io.Discard))
@@ -247,5 +267,95 @@ func TestSplitterRejectsTruncation(t *testing.T) {
 	}
 	if !errors.Is(err, io.EOF) {
 		t.Fatalf("a tar with one end-of-archive block: %v, want io.EOF (archive/tar accepts it too)", err)
+	}
+}
+
+// openRead is a FileOpener for tests: the file at path, read-only.
+func openRead(path string) (int, error) {
+	return unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+}
+
+// copyContent copies the current entry's content with Read, or with
+// ReadChunk when chunks is set.
+func copyContent(w io.Writer, sp *Splitter, chunks bool) error {
+	if !chunks {
+		_, err := io.Copy(w, sp)
+		return err
+	}
+	for {
+		chunk, err := sp.ReadChunk()
+		if _, werr := w.Write(chunk); werr != nil {
+			return werr
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// TestAssembleChecksSizesAcrossChunks: files as large as a chunk, or
+// straddling one, that grew or shrank behind the store's back are
+// named, and intact ones reassemble.
+func TestAssembleChecksSizesAcrossChunks(t *testing.T) {
+	const chunk = asynchash.ChunkSize
+	sizes := []int{chunk, chunk - 1, chunk + 1, 3*chunk + 7, 1<<20 + 1}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(&tar.Header{Name: "first", Mode: 0o644, Size: 100})
+	tw.Write(bytes.Repeat([]byte{1}, 100))
+	for i, n := range sizes {
+		tw.WriteHeader(&tar.Header{Name: fmt.Sprint("f", i), Mode: 0o644, Size: int64(n)})
+		tw.Write(bytes.Repeat([]byte{byte(i + 2)}, n))
+	}
+	tw.Close()
+	data := buf.Bytes()
+	dir := t.TempDir()
+	var meta bytes.Buffer
+	sp := NewSplitter(bytes.NewReader(data), NewRecordWriter(&meta))
+	for {
+		hdr, err := sp.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Create(filepath.Join(dir, hdr.Name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := copyContent(f, sp, true); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	open := func(name string) (int, error) { return openRead(filepath.Join(dir, name)) }
+	assemble := func() (string, error) {
+		var out bytes.Buffer
+		sum, err := Assemble(context.Background(), NewRecordReader(bytes.NewReader(meta.Bytes())), open, &out, AssembleOptions{})
+		if err == nil && sum != digest.FromBytes(out.Bytes()) {
+			t.Fatalf("Assemble returned %s for a stream that hashes to %s", sum, digest.FromBytes(out.Bytes()))
+		}
+		return out.String(), err
+	}
+	if out, err := assemble(); err != nil || out != string(data) {
+		t.Fatalf("intact layer: err %v, %d bytes reassembled of %d", err, len(out), len(data))
+	}
+	for i, n := range sizes {
+		name := filepath.Join(dir, fmt.Sprint("f", i))
+		for _, change := range []int{1, -1} {
+			if err := os.Truncate(name, int64(n+change)); err != nil {
+				t.Fatal(err)
+			}
+			_, err := assemble()
+			if err == nil || !strings.Contains(err.Error(), fmt.Sprint("export f", i)) {
+				t.Errorf("f%d (%d bytes) resized by %d: err %v, want one naming it", i, n, change, err)
+			}
+		}
+		os.Truncate(name, int64(n))
+		os.WriteFile(name, bytes.Repeat([]byte{byte(i + 2)}, n), 0o644)
 	}
 }

@@ -2,11 +2,13 @@ package layertar
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
-	"hash/crc64"
 	"sync/atomic"
 
 	"github.com/vbatts/tar-split/tar/storage"
+
+	"github.com/layerfs/layerfs/layertar/internal/crc64iso"
 )
 
 // packWorker runs tar-split's packer, the diffID's sha256 and the
@@ -19,6 +21,7 @@ type packWorker struct {
 	batches chan *batch
 	free    chan *batch
 	cur     *batch
+	made    int // batches allocated, at most maxBatches
 	done    chan struct{}
 	failed  atomic.Bool
 	err     error // written by the worker, read after done or failed
@@ -47,24 +50,40 @@ type batch struct {
 }
 
 const (
-	batchBytes = 1 << 20
+	// batchBytes: payloads are read into batches and written out from
+	// them, then hashed; 256 KiB stays in the caches where 1 MiB did not.
+	batchBytes = 256 << 10
 	batchOps   = 4096
+	// maxBatches: one being filled, one being worked on, two queued.
+	maxBatches = 4
 )
 
 func newPackWorker(p storage.Packer) *packWorker {
-	w := &packWorker{packer: p, batches: make(chan *batch, 2), free: make(chan *batch, 4), done: make(chan struct{})}
-	for i := 0; i < 4; i++ {
-		w.free <- &batch{buf: make([]byte, 0, batchBytes)}
-	}
-	w.cur = <-w.free
+	w := &packWorker{packer: p, batches: make(chan *batch, maxBatches-2), free: make(chan *batch, maxBatches), done: make(chan struct{})}
+	w.cur = w.newBatch()
 	go w.run()
 	return w
+}
+
+// newBatch returns a free batch, allocating one while fewer than
+// maxBatches exist: a small tar never costs more than one or two.
+func (w *packWorker) newBatch() *batch {
+	select {
+	case b := <-w.free:
+		return b
+	default:
+	}
+	if w.made < maxBatches {
+		w.made++
+		return &batch{buf: make([]byte, 0, batchBytes)}
+	}
+	return <-w.free
 }
 
 func (w *packWorker) run() {
 	defer close(w.done)
 	sha := sha256.New()
-	crc := crc64.New(storage.CRCTable)
+	var crc uint64 // of the current entry's payload
 	for b := range w.batches {
 		for _, o := range b.ops {
 			if w.err != nil {
@@ -80,17 +99,17 @@ func (w *packWorker) run() {
 				}
 			case opPayload:
 				sha.Write(data)
-				crc.Write(data)
+				crc = crc64iso.Update(crc, data)
 			case opFile:
 				e := storage.Entry{Type: storage.FileType, Size: o.size}
 				if o.size > 0 {
-					e.Payload = crc.Sum(nil)
+					e.Payload = binary.BigEndian.AppendUint64(nil, crc)
 				}
 				e.SetName(o.name)
 				if _, err := w.packer.AddEntry(e); err != nil {
 					w.fail(fmt.Errorf("record %q: %w", o.name, err))
 				}
-				crc.Reset()
+				crc = 0
 			}
 		}
 		b.buf, b.ops = b.buf[:0], b.ops[:0]
@@ -117,7 +136,7 @@ func (w *packWorker) flush() {
 		return
 	}
 	w.batches <- w.cur
-	w.cur = <-w.free
+	w.cur = w.newBatch()
 }
 
 // segment records raw bytes as one segment (copied).
@@ -153,6 +172,29 @@ func (w *packWorker) payload(p []byte) {
 	}
 }
 
+// space returns the free room of the current batch, at least minRoom
+// bytes, for payload bytes to be read into in place and recorded with
+// payloadInPlace: no copy is made. The room stays the caller's until its
+// next call of a packWorker method.
+func (w *packWorker) space(minRoom int) []byte {
+	if cap(w.cur.buf)-len(w.cur.buf) < minRoom || len(w.cur.ops) >= batchOps {
+		w.flush()
+	}
+	return w.cur.buf[len(w.cur.buf):cap(w.cur.buf)]
+}
+
+// payloadInPlace records the first n bytes of the room space returned as
+// payload.
+func (w *packWorker) payloadInPlace(n int) {
+	off := len(w.cur.buf)
+	w.cur.buf = w.cur.buf[:off+n]
+	if k := len(w.cur.ops); k > 0 && w.cur.ops[k-1].kind == opPayload && w.cur.ops[k-1].end == off {
+		w.cur.ops[k-1].end = len(w.cur.buf)
+	} else {
+		w.cur.ops = append(w.cur.ops, op{kind: opPayload, off: off, end: len(w.cur.buf)})
+	}
+}
+
 // file ends the current entry.
 func (w *packWorker) file(name string, size int64) {
 	if len(w.cur.ops) >= batchOps {
@@ -166,7 +208,10 @@ func (w *packWorker) file(name string, size int64) {
 func (w *packWorker) finish() ([]byte, error) {
 	if !w.ended {
 		w.ended = true
-		w.flush()
+		if len(w.cur.ops) > 0 {
+			w.batches <- w.cur
+		}
+		w.cur = nil
 		close(w.batches)
 	}
 	<-w.done

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/vbatts/tar-split/tar/storage"
@@ -39,17 +40,31 @@ type recorder struct {
 	segment   bytes.Buffer
 	inPayload bool
 	payload   int64
+	// inPlace is the batch room a ReadChunk reads into: a payload read
+	// into it is recorded where it lies.
+	inPlace []byte
 }
 
 func (rc *recorder) Read(p []byte) (int, error) {
+	if rc.inPlace != nil && len(p) > 0 && (!rc.inPayload || &p[0] != &rc.inPlace[0] || len(p) > len(rc.inPlace)) {
+		// archive/tar hands a plain entry's reads through unchanged;
+		// anything else would have the recording overwrite the bytes
+		// handed out.
+		return 0, errors.New("layertar: internal error: in-place read of a payload not at the start of the room given")
+	}
 	n, err := rc.r.Read(p)
 	if n > 0 {
 		data := p[:n]
 		rc.total += int64(n)
-		if rc.inPayload {
+		switch {
+		case rc.inPlace != nil:
+			rc.work.payloadInPlace(n)
+			rc.inPlace = rc.inPlace[n:]
+			rc.payload += int64(n)
+		case rc.inPayload:
 			rc.work.payload(data)
 			rc.payload += int64(n)
-		} else {
+		default:
 			rc.segment.Write(data)
 		}
 	}
@@ -61,18 +76,24 @@ func (rc *recorder) Read(p []byte) (int, error) {
 // applier's Source interface.
 type Splitter struct {
 	rec *recorder
-	tr  *tar.Reader
-	cur *tar.Header
+	// tr reads the current entry when archive/tar parsed its headers;
+	// nil when parseHeader did, and remain is then what is left of its
+	// content.
+	tr     *tar.Reader
+	remain int64
+	blk    [blockSize]byte
+	cur    *tar.Header
 	// curFragments is the data map of the current entry when it is sparse.
 	curFragments []Fragment
 	done         bool
 	diffID       digest.Digest
+	own          []byte // ReadChunk's buffer for sparse entries
 }
 
 // NewSplitter wraps an uncompressed tar stream.
 func NewSplitter(r io.Reader, packer storage.Packer) *Splitter {
 	rec := &recorder{r: r, work: newPackWorker(packer)}
-	return &Splitter{rec: rec, tr: tar.NewReader(rec)}
+	return &Splitter{rec: rec}
 }
 
 // Next finishes the current entry (reading what the caller left of its
@@ -85,7 +106,7 @@ func (s *Splitter) Next() (*tar.Header, error) {
 	if err := s.finishEntry(); err != nil {
 		return nil, err
 	}
-	hdr, err := s.tr.Next()
+	hdr, err := s.next()
 	if errors.Is(err, io.EOF) {
 		return nil, s.finishStream()
 	}
@@ -122,7 +143,112 @@ func (s *Splitter) Read(p []byte) (int, error) {
 	if s.cur == nil {
 		return 0, io.EOF
 	}
-	return s.tr.Read(p)
+	if s.tr != nil {
+		return s.tr.Read(p)
+	}
+	return s.readContent(p)
+}
+
+// next reads the next entry's headers: a plain one itself, anything else
+// (extension headers, sparse files, the end of the archive, a short or a
+// bad block) with archive/tar.
+func (s *Splitter) next() (*tar.Header, error) {
+	// Headers start on block boundaries: skip the previous entry's
+	// padding.
+	if pad := (blockSize - s.rec.total%blockSize) % blockSize; pad > 0 {
+		if _, err := io.ReadFull(s.rec, s.blk[:pad]); err != nil {
+			// As archive/tar: a stream that ends in the padding ends
+			// there, and finishStream says it is truncated.
+			if err == io.ErrUnexpectedEOF {
+				err = io.EOF
+			}
+			return nil, err
+		}
+	}
+	n, err := io.ReadFull(s.rec, s.blk[:])
+	if err == nil {
+		if hdr, ok := parseHeader(&s.blk); ok {
+			s.tr = nil
+			s.remain = contentSize(hdr)
+			return hdr, nil
+		}
+	}
+	s.tr = tar.NewReader(io.MultiReader(bytes.NewReader(s.blk[:n]), s.rec))
+	return s.tr.Next()
+}
+
+// readContent reads the content of an entry parseHeader read, as
+// archive/tar reads a plain file's.
+func (s *Splitter) readContent(p []byte) (int, error) {
+	if int64(len(p)) > s.remain {
+		p = p[:s.remain]
+	}
+	var n int
+	var err error
+	if len(p) > 0 {
+		n, err = s.rec.Read(p)
+		s.remain -= int64(n)
+	}
+	switch {
+	case err == io.EOF && s.remain > 0:
+		return n, io.ErrUnexpectedEOF
+	case err == nil && s.remain == 0:
+		return n, io.EOF
+	}
+	return n, err
+}
+
+// minChunk is the least room a ReadChunk reads into: less left in the
+// pack worker's batch, and the batch is handed over first.
+const minChunk = 64 << 10
+
+// ReadChunk returns the next bytes of the current entry's content like
+// Read, but in a buffer of the Splitter's: a plain file's content is read
+// straight into the batch that the pack worker hashes, which saves
+// copying it. The bytes must not be changed, and are valid until the
+// next call of Next, Read or ReadChunk. It returns io.EOF at the end of
+// the content.
+func (s *Splitter) ReadChunk() ([]byte, error) {
+	if s.cur == nil {
+		return nil, io.EOF
+	}
+	if s.tr != nil && (s.curFragments != nil || mayBeSparse(s.cur)) {
+		// archive/tar reads a sparse file's fragments into parts of the
+		// buffer and fills the holes itself.
+		if s.own == nil {
+			s.own = make([]byte, 1<<20)
+		}
+		n, err := s.tr.Read(s.own)
+		return s.own[:n], err
+	}
+	room := s.rec.work.space(minChunk)
+	if s.tr == nil {
+		room = room[:min(int64(len(room)), s.remain)]
+	}
+	s.rec.inPlace = room
+	var n int
+	var err error
+	if s.tr != nil {
+		n, err = s.tr.Read(room)
+	} else {
+		n, err = s.readContent(room)
+	}
+	s.rec.inPlace = nil
+	return room[:n], err
+}
+
+// mayBeSparse tells whether archive/tar may read hdr's content as a
+// sparse file: a GNU sparse entry or any GNU sparse PAX record.
+func mayBeSparse(hdr *tar.Header) bool {
+	if hdr.Typeflag == tar.TypeGNUSparse {
+		return true
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
 }
 
 // DiffID is the sha256 of the whole stream, the layer's diffID. Call it
@@ -142,7 +268,7 @@ func (s *Splitter) finishEntry() error {
 	}
 	// The payload must be consumed in payload mode; letting tar.Reader skip
 	// it would lump data and padding into one raw segment.
-	if _, err := io.Copy(io.Discard, s.tr); err != nil {
+	if _, err := io.Copy(io.Discard, contentReader{s}); err != nil {
 		return fmt.Errorf("read %q: %w", s.cur.Name, err)
 	}
 	s.rec.inPayload = false
@@ -183,7 +309,7 @@ func (s *Splitter) finishStream() error {
 		}
 		return fmt.Errorf("the tar is truncated: it ends without an end-of-archive block")
 	}
-	const chunk = 1 << 20
+	const chunk = batchBytes
 	buf := make([]byte, 32<<10)
 	for {
 		_, err := s.rec.Read(buf)
@@ -209,3 +335,9 @@ func (s *Splitter) finishStream() error {
 	s.diffID = digest.NewDigestFromBytes(digest.SHA256, sum)
 	return io.EOF
 }
+
+// contentReader is the Splitter's Read alone, so that io.Copy neither
+// sees ReadChunk nor anything else.
+type contentReader struct{ s *Splitter }
+
+func (c contentReader) Read(p []byte) (int, error) { return c.s.Read(p) }
