@@ -4,7 +4,10 @@
 set -euo pipefail
 need=()
 for pair in tar:tar gzip:gzip zstd:zstd xz:xz-utils bzip2:bzip2 setfattr:attr getfattr:attr \
-            fusermount3:fuse3 fuse-overlayfs:fuse-overlayfs umoci:umoci skopeo:skopeo; do
+            setfacl:acl getfacl:acl \
+            fusermount3:fuse3 fuse-overlayfs:fuse-overlayfs umoci:umoci skopeo:skopeo \
+            newuidmap:uidmap newgidmap:uidmap unshare:util-linux setpriv:util-linux \
+            podman:podman crun:crun busybox:busybox-static; do
 	cmd=${pair%%:*} pkg=${pair#*:}
 	command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
