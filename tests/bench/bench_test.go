@@ -12,7 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/layerfs/layerfs/internal/testutil"
+	"github.com/layerfs/layerfs/kernel/overlay"
 )
 
 func haveGNUTar() bool {
@@ -46,7 +49,7 @@ func TestQuickRun(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var stderr bytes.Buffer
-	args := []string{"-quick", "-out", out, "-workdir", work, "-layerfs", bin, "-cold=false", "-reps", "2",
+	args := []string{"-quick", "-sections", "store", "-out", out, "-workdir", work, "-layerfs", bin, "-cold=false", "-reps", "2",
 		"-store-small-files", "300", "-store-large-files", "1", "-store-large-mib", "2", "-store-mixed-packages", "2"}
 	if err := run(ctx, args, &stderr); err != nil {
 		t.Fatalf("run: %v\n%s", err, stderr.String())
@@ -189,4 +192,151 @@ func TestMedian(t *testing.T) {
 			t.Errorf("median(%v) = %v, want %v", tt.in, got, tt.want)
 		}
 	}
+}
+
+// TestViewsSection runs the views section at a tiny size and checks its
+// table: a row per measurement and driver (and commit candidate) with
+// times, ratios to the first row of each measurement, the create + discard
+// target judged on the median, and nothing left mounted or on disk.
+func TestViewsSection(t *testing.T) {
+	testutil.NeedRoot(t)
+	testutil.Need(t, haveGNUTar(), "GNU tar is not installed")
+	_, err := os.Stat("/dev/fuse")
+	testutil.Need(t, err == nil, "needs /dev/fuse")
+	goTool := testutil.NeedTool(t, "go")
+	tmp := t.TempDir()
+	bin := filepath.Join(tmp, "layerfs")
+	build := exec.Command(goTool, "build", "-o", bin, "github.com/layerfs/layerfs/cmd/layerfs")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build layerfs: %v\n%s", err, out)
+	}
+	out := filepath.Join(tmp, "BENCHMARKS.md")
+	work := filepath.Join(tmp, "work")
+	if err := os.Mkdir(work, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Whatever a failed run left mounted goes before the temp dir.
+		data, _ := os.ReadFile("/proc/self/mountinfo")
+		for _, line := range strings.Split(string(data), "\n") {
+			if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], work+"/") {
+				unix.Unmount(f[4], unix.MNT_DETACH)
+			}
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stderr bytes.Buffer
+	args := []string{"-quick", "-sections", "views", "-out", out, "-workdir", work, "-layerfs", bin, "-cold=false", "-reps", "2",
+		"-views-layers", "3", "-views-image-files", "50", "-views-commit-files", "50"}
+	if err := run(ctx, args, &stderr); err != nil {
+		t.Fatalf("run: %v\n%s", err, stderr.String())
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(data)
+	if n := strings.Count(doc, beginMarker("views")); n != 1 {
+		t.Fatalf("%d views sections, want 1:\n%s", n, doc)
+	}
+	if entries, _ := os.ReadDir(work); len(entries) != 0 {
+		t.Errorf("scratch data left behind in %s: %v", work, entries)
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), work+"/") {
+		t.Errorf("mounts left under %s", work)
+	}
+
+	drivers := []string{"fuse"}
+	if overlay.Supported(overlay.ProbeOptions{Dir: tmp, Options: overlay.ViewOptions(nil, "u", "w", false)}).OK {
+		drivers = []string{"kernel", "fuse"}
+	}
+	var want [][2]string // measurement prefix, candidate
+	for _, m := range []string{"mount, 3-layer image", "umount, 3-layer image", "create + discard a view, 50-file image"} {
+		for _, d := range drivers {
+			want = append(want, [2]string{m, d})
+		}
+	}
+	for _, c := range []string{"tar -c", "layerfs commit --keep"} {
+		want = append(want, [2]string{"commit, upper of 50 small files", c})
+	}
+	rows := sectionTable(t, doc, "views")
+	if len(rows) != len(want) {
+		t.Fatalf("views table has %d rows, want %d:\n%s", len(rows), len(want), doc)
+	}
+	for i, r := range rows {
+		if len(r) != 9 {
+			t.Fatalf("row %d has %d cells, want 9: %q", i, len(r), r)
+		}
+		if r[0] != want[i][0] || r[1] != want[i][1] {
+			t.Errorf("row %d is %q / %q, want %q / %q", i, r[0], r[1], want[i][0], want[i][1])
+		}
+		median := duration(t, r[2])
+		first := i == 0 || rows[i-1][0] != r[0]
+		if first != (r[6] == "–") {
+			t.Errorf("row %d: ratio %q; only the first row of a measurement has none", i, r[6])
+		}
+		if !first {
+			number(t, r[6])
+		}
+		if strings.HasPrefix(r[0], "create + discard") {
+			met := map[bool]string{true: "yes", false: "no"}[median < time.Second]
+			if r[7] != "< 1.00 s" || r[8] != met {
+				t.Errorf("row %d: target %q met %q for a median of %v, want < 1.00 s and %s", i, r[7], r[8], median, met)
+			}
+		} else if r[7] != "–" || r[8] != "–" {
+			t.Errorf("row %d: target %q met %q, want none", i, r[7], r[8])
+		}
+	}
+}
+
+// sectionTable returns the cells of section name's first table.
+func sectionTable(t *testing.T, doc, name string) [][]string {
+	t.Helper()
+	i := strings.Index(doc, beginMarker(name))
+	j := strings.Index(doc, endMarker(name))
+	if i < 0 || j < i {
+		t.Fatalf("no %s section in:\n%s", name, doc)
+	}
+	var rows [][]string
+	inTable := false
+	for _, line := range strings.Split(doc[i:j], "\n") {
+		if !strings.HasPrefix(line, "|") {
+			if inTable {
+				break
+			}
+			continue
+		}
+		if !inTable {
+			inTable = true
+			continue
+		}
+		if strings.HasPrefix(line, "| ---") {
+			continue
+		}
+		var cells []string
+		for _, c := range strings.Split(strings.Trim(line, "|"), " | ") {
+			cells = append(cells, strings.TrimSpace(c))
+		}
+		rows = append(rows, cells)
+	}
+	return rows
+}
+
+// duration parses a time as seconds() prints it.
+func duration(t *testing.T, s string) time.Duration {
+	t.Helper()
+	for _, u := range []struct {
+		suffix string
+		unit   time.Duration
+	}{{" ms", time.Millisecond}, {" s", time.Second}} {
+		if v, ok := strings.CutSuffix(s, u.suffix); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err == nil && f > 0 {
+				return time.Duration(f * float64(u.unit))
+			}
+		}
+	}
+	t.Errorf("%q is not a duration", s)
+	return 0
 }

@@ -80,7 +80,7 @@ type result struct {
 
 // allSections lists every section in document order.
 func allSections() []section {
-	return []section{storeSection()}
+	return []section{storeSection(), unionSection(), viewsSection()}
 }
 
 func run(ctx context.Context, args []string, stderr io.Writer) error {
