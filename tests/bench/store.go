@@ -341,8 +341,8 @@ tar -x without any sync is in the last two columns. Nothing is deleted
 between the runs of one measurement.
 
 Export: ` + "`layerfs export ID -o OUT`" + ` (which reassembles the original tar bit
-for bit from the tar-split record and the files, checking every file's
-crc64 and the stream's sha256) against ` + "`tar -cf OUT -C DIR .`" + ` of the
+for bit from the tar-split record and the files, checking the stream's
+sha256 against the diffID) against ` + "`tar -cf OUT -C DIR .`" + ` of the
 layer's own directory in the store. "export" runs are ` + exportCache + `;
 "export, warm cache" runs (only when the cold ones could be made) keep
 everything cached and show the CPU cost.
