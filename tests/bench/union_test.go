@@ -78,7 +78,7 @@ func TestUnionSection(t *testing.T) {
 		if !strings.Contains(doc, "Passthrough (FUSE_PASSTHROUGH") {
 			t.Errorf("the intro does not say what the passthrough probe found:\n%s", doc)
 		}
-		rows := sectionRows(t, doc, "union")
+		rows := sectionTable(t, doc, "union")
 		// 16 workloads, then the peak RSS after the three warm walks.
 		if len(rows) != 19 {
 			t.Fatalf("union table has %d rows, want 19:\n%s", len(rows), doc)
@@ -150,39 +150,6 @@ func unmountEverythingUnder(t *testing.T, dir string) {
 		t.Logf("lazily unmounting %s", m[i])
 		exec.Command("umount", "-l", m[i]).Run()
 	}
-}
-
-// sectionRows returns the cells of a section's first table.
-func sectionRows(t *testing.T, doc, name string) [][]string {
-	t.Helper()
-	i := strings.Index(doc, beginMarker(name))
-	j := strings.Index(doc, endMarker(name))
-	if i < 0 || j < i {
-		t.Fatalf("no %s section in:\n%s", name, doc)
-	}
-	var rows [][]string
-	inTable := false
-	for _, line := range strings.Split(doc[i:j], "\n") {
-		if !strings.HasPrefix(line, "|") {
-			if inTable {
-				break
-			}
-			continue
-		}
-		if !inTable {
-			inTable = true // the header
-			continue
-		}
-		if strings.HasPrefix(line, "| ---") {
-			continue
-		}
-		var cells []string
-		for _, c := range strings.Split(strings.Trim(line, "|"), " | ") {
-			cells = append(cells, strings.TrimSpace(c))
-		}
-		rows = append(rows, cells)
-	}
-	return rows
 }
 
 func TestUnescapeOctal(t *testing.T) {
