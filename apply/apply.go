@@ -34,11 +34,12 @@
 //
 // Rootless (Options.Rootless): nothing is chowned. The tar's owner, group,
 // full mode and type go into the user.containers.override_stat xattr of
-// every entry except symlinks, FIFOs and 0/0 character devices: Linux
-// refuses user.* xattrs on anything but regular files and directories, so
-// their owner (and a FIFO's setuid/setgid/sticky bits) are lost; FIFOs and
-// devices log a warning when that loses something. Whiteouts have no
-// metadata of their own and get no record. Implicitly created parent
+// every regular file and directory. Linux refuses user.* xattrs on
+// anything else, so the records of symlinks and FIFOs (hardlinks to them
+// included) go into Result.SpecialOwners instead, which the caller keeps
+// beside the layer (package ownertable). A 0/0 character device entry is
+// a whiteout on disk: its owner is lost, with a warning when that loses
+// something. Whiteouts have no metadata of their own and get no record. Implicitly created parent
 // directories get "0:0:0755:dir", as a privileged import would show them.
 // On disk, files keep mode|0600 and directories mode|0700, without setuid,
 // setgid or sticky (those live only in the xattr); character and block
@@ -63,6 +64,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/layerfs/layerfs/ownertable"
 	"github.com/layerfs/layerfs/statoverride"
 	"github.com/layerfs/layerfs/whiteout"
 )
@@ -113,6 +115,10 @@ type Result struct {
 	Entries int
 	// Size is the sum of the apparent sizes of regular files.
 	Size int64
+	// SpecialOwners (Options.Rootless) holds the override_stat record of
+	// every symlink and FIFO, by cleaned name: they cannot carry the
+	// xattr. Nil when the layer has none.
+	SpecialOwners ownertable.Table
 }
 
 // ErrUnsafeName is wrapped by the errors for entries whose name (or
@@ -401,7 +407,25 @@ func (a *applier) symlink(hdr *tar.Header, name, parent, base string) error {
 		return fmt.Errorf("apply %s: symlink: %w", hdr.Name, err)
 	}
 	a.seen[name] = kindNonDir
-	return a.meta(hdr, node{pfd: pfd, base: base, fd: -1}, unix.S_IFLNK, 0)
+	if err := a.meta(hdr, node{pfd: pfd, base: base, fd: -1}, unix.S_IFLNK, 0); err != nil {
+		return err
+	}
+	a.keepSpecialOwner(name, hdr, unix.S_IFLNK)
+	return nil
+}
+
+// keepSpecialOwner records, rootless, the owner and mode of an object that
+// cannot carry the override_stat xattr. Nothing an apply does removes or
+// replaces an entry (duplicates are refused, whiteouts hide only lower
+// layers), so a record, once made, stays right.
+func (a *applier) keepSpecialOwner(name string, hdr *tar.Header, ifmt uint32) {
+	if !a.opts.Rootless || !ownertable.NeedsTable(ifmt) {
+		return
+	}
+	if a.res.SpecialOwners == nil {
+		a.res.SpecialOwners = ownertable.Table{}
+	}
+	a.res.SpecialOwners[name] = statoverride.Stat{UID: uint32(hdr.Uid), GID: uint32(hdr.Gid), Mode: ifmt | uint32(hdr.Mode)&0o7777}
 }
 
 func (a *applier) hardlink(hdr *tar.Header, name, parent, base string) error {
@@ -437,6 +461,10 @@ func (a *applier) hardlink(hdr *tar.Header, name, parent, base string) error {
 		return fmt.Errorf("apply %s: link to %s: %w", hdr.Name, hdr.Linkname, err)
 	}
 	a.seen[name] = kindNonDir
+	if rec, ok := a.res.SpecialOwners[target]; ok {
+		// Another name of the same symlink or FIFO: the table is by name.
+		a.res.SpecialOwners[name] = rec
+	}
 	return nil
 }
 
@@ -478,7 +506,11 @@ func (a *applier) special(hdr *tar.Header, name, parent, base string, ifmt uint3
 		return fmt.Errorf("apply %s: mknod: %w", hdr.Name, err)
 	}
 	a.seen[name] = kindNonDir
-	return a.meta(hdr, n, ifmt, rdev)
+	if err := a.meta(hdr, n, ifmt, rdev); err != nil {
+		return err
+	}
+	a.keepSpecialOwner(name, hdr, ifmt)
+	return nil
 }
 
 // whiteoutEntry records a ".wh.NAME" entry; the device is made in finish,

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/layerfs/layerfs/ownertable"
 	"github.com/layerfs/layerfs/statoverride"
 	"github.com/layerfs/layerfs/whiteout"
 )
@@ -132,14 +133,18 @@ func (a *applier) meta(hdr *tar.Header, n node, ifmt uint32, rdev uint64) error 
 			return fmt.Errorf("apply %s: chmod %04o: %w", hdr.Name, disk, err)
 		}
 		// Linux allows user.* xattrs only on regular files and
-		// directories: FIFOs and 0/0 devices cannot carry the record.
-		if ifmt == unix.S_IFREG || ifmt == unix.S_IFDIR || n.placeholder {
+		// directories: FIFOs (and symlinks) get their record in the
+		// layer's special-owners table (keepSpecialOwner), and a 0/0
+		// device is a whiteout on disk, which has no owner to show.
+		switch {
+		case ifmt == unix.S_IFREG || ifmt == unix.S_IFDIR || n.placeholder:
 			rec := statoverride.Format(statoverride.Stat{UID: uint32(hdr.Uid), GID: uint32(hdr.Gid), Mode: ifmt | perm, Rdev: rdev})
 			if err := n.setxattr(statoverride.Xattr, rec); err != nil {
 				return fmt.Errorf("apply %s: set %s: %w", hdr.Name, statoverride.Xattr, err)
 			}
-		} else if hdr.Uid != 0 || hdr.Gid != 0 || perm&0o7000 != 0 {
-			a.log.Warn("owner or special mode bits lost: Linux refuses user.* xattrs on special files",
+		case ownertable.NeedsTable(ifmt):
+		case hdr.Uid != 0 || hdr.Gid != 0 || perm&0o7000 != 0:
+			a.log.Warn("owner or special mode bits lost: a 0/0 device is a whiteout in the layer",
 				"entry", hdr.Name, "uid", hdr.Uid, "gid", hdr.Gid, "mode", fmt.Sprintf("%04o", perm))
 		}
 	}

@@ -119,6 +119,83 @@ func TestRootless(t *testing.T) {
 	}
 }
 
+// TestRootlessSpecialOwners: symlinks and FIFOs cannot carry the
+// override_stat xattr, so a rootless apply hands back their records by
+// name (hardlinks to them included), and warns about none of them.
+func TestRootlessSpecialOwners(t *testing.T) {
+	testutil.NeedRoot(t)
+	sym := func(name, target string, uid, gid int) ent {
+		return ent{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: name, Linkname: target, Mode: 0o777, Uid: uid, Gid: gid}}
+	}
+	fifo := func(name string, mode int64, uid, gid int) ent {
+		return ent{hdr: tar.Header{Typeflag: tar.TypeFifo, Name: name, Mode: mode, Uid: uid, Gid: gid}}
+	}
+	hard := func(name, target string) ent {
+		return ent{hdr: tar.Header{Typeflag: tar.TypeLink, Name: name, Linkname: target, Uid: 1, Gid: 1}}
+	}
+	for _, tc := range []struct {
+		name string
+		ents []ent
+		want map[string]string // name -> record; nil: no table
+	}{
+		{"owners 0, 1000 and 65534",
+			[]ent{sym("bin/sh", "busybox", 0, 0), sym("home/u/link", "/etc", 1000, 1000), sym("nobody", "x", 65534, 65534),
+				fifo("run/initctl", 0o600, 0, 0), fifo("home/u/fifo", 0o2644, 1000, 1000), fifo("tmp/p", 0o1777, 65534, 65534)},
+			map[string]string{"bin/sh": "0:0:0777:symlink", "home/u/link": "1000:1000:0777:symlink", "nobody": "65534:65534:0777:symlink",
+				"run/initctl": "0:0:0600:pipe", "home/u/fifo": "1000:1000:02644:pipe", "tmp/p": "65534:65534:01777:pipe"}},
+		{"odd symlink mode is kept",
+			[]ent{{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "l", Linkname: "t", Mode: 0o755, Uid: 3, Gid: 4}}},
+			map[string]string{"l": "3:4:0755:symlink"}},
+		{"hardlinks to a symlink and a FIFO take the target's record",
+			[]ent{sym("a/l", "t", 1000, 100), fifo("a/f", 0o640, 7, 8), hard("b/l2", "a/l"), hard("b/f2", "./a/f")},
+			map[string]string{"a/l": "1000:100:0777:symlink", "a/f": "7:8:0640:pipe", "b/l2": "1000:100:0777:symlink", "b/f2": "7:8:0640:pipe"}},
+		{"names are cleaned; a whiteout of a name keeps its record",
+			[]ent{sym("./y", "t", 5, 5), reg(".wh.y", ""), reg(".wh.other", "")},
+			map[string]string{"y": "5:5:0777:symlink"}},
+		{"files, dirs and devices need no table",
+			[]ent{{hdr: tar.Header{Typeflag: tar.TypeDir, Name: "d", Mode: 0o755, Uid: 9}}, reg("d/f", "x"),
+				{hdr: tar.Header{Typeflag: tar.TypeChar, Name: "null", Mode: 0o666, Devmajor: 1, Devminor: 3}}},
+			nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			s := newSandbox(t)
+			res, err := applyBytes(t, buildTar(t, tc.ents...), s.layer, Options{Rootless: true, OpaqueNamespace: whiteout.User,
+				Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.want == nil {
+				if res.SpecialOwners != nil {
+					t.Errorf("SpecialOwners = %v, want none", res.SpecialOwners)
+				}
+			} else {
+				got := map[string]string{}
+				for p, rec := range res.SpecialOwners {
+					got[p] = statoverride.Format(rec)
+				}
+				if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+					t.Errorf("SpecialOwners = %v\nwant            %v", got, tc.want)
+				}
+			}
+			if strings.Contains(logs.String(), "lost") {
+				t.Errorf("warned of a loss:\n%s", logs.String())
+			}
+			// Every name in the table is what it says it is, on disk.
+			for p, rec := range res.SpecialOwners {
+				if st := lstat(t, filepath.Join(s.layer, p)); st.Mode&unix.S_IFMT != rec.Mode&unix.S_IFMT {
+					t.Errorf("%s: on disk type %o, record %o", p, st.Mode&unix.S_IFMT, rec.Mode&unix.S_IFMT)
+				}
+			}
+			// Root applies give the objects their owners: no table.
+			s2 := newSandbox(t)
+			if res, err := applyBytes(t, buildTar(t, tc.ents...), s2.layer, Options{OpaqueNamespace: whiteout.Trusted}); err != nil || res.SpecialOwners != nil {
+				t.Errorf("privileged apply: SpecialOwners %v, err %v; want none", res.SpecialOwners, err)
+			}
+		})
+	}
+}
+
 // TestRootlessXattrPolicy checks which xattr failures are warnings: a
 // user.* xattr on a symlink is skipped, trusted/security EPERM is skipped
 // only when rootless.

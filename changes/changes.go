@@ -10,7 +10,9 @@
 // absolute or relative, as redirect_dir=on and the union's rename write
 // them) and metacopy files (their data is read from the lower they point
 // to). The lowers are merged with the same rules. The overlay work dir
-// (its index) is never read: nothing in it is part of the view.
+// is not read, but for the entries of overlayfs's hardlink index (index=on)
+// that the caller names in IndexedNames: the names of a lower hardlink
+// group that the kernel serves from its index without a link in the upper.
 //
 // A layer tar cannot express a move, so a redirected directory is written
 // with its whole merged content, as an opaque directory where the lowers
@@ -66,8 +68,21 @@ func (c Change) String() string { return c.Kind.String() + " " + c.Path }
 // longer shows is D, and a redirected directory's content is listed as
 // A (or C where the lowers had the same path).
 func Diff(ctx context.Context, upper string, lowers []string) ([]Change, error) {
+	return DiffWithOptions(ctx, upper, lowers, DiffOptions{})
+}
+
+// DiffOptions configure DiffWithOptions.
+type DiffOptions struct {
+	// IndexedNames are names the view shows that the upper lacks, as
+	// WriteOptions.IndexedNames; each is listed as changed, with the
+	// directories leading to it.
+	IndexedNames map[string]string
+}
+
+// DiffWithOptions is Diff with options.
+func DiffWithOptions(ctx context.Context, upper string, lowers []string, opts DiffOptions) ([]Change, error) {
 	var out []Change
-	err := walk(ctx, upper, lowers, func(ev event) error {
+	err := walkWith(ctx, upper, lowers, newExtraNames(opts.IndexedNames), func(ev event) error {
 		switch ev.kind {
 		case evEntry:
 			out = append(out, Change{Kind: ev.change, Path: ev.path})

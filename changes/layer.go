@@ -25,6 +25,25 @@ type WriteOptions struct {
 	// Logger receives warnings about objects a tar cannot hold (sockets
 	// are left out); nil discards them.
 	Logger *slog.Logger
+	// UpperOwnerTable and LowerOwnerTables (same order as the lowers; ""
+	// or a missing file: none) are the special-owners tables (package
+	// ownertable) that keep the owners and modes of a rootless store's
+	// symlinks and FIFOs: a record there wins over the object's owner
+	// and mode on disk, as an override_stat xattr does for other
+	// objects (owners.go).
+	UpperOwnerTable  string
+	LowerOwnerTables []string
+	// IndexedNames are names the view shows that the upper itself lacks:
+	// an absolute view path ("/dir/name") mapped to a file holding the
+	// object shown there, a link of an upper file. Kernel overlayfs with
+	// index=on serves the other names of a lower hardlink group it copied
+	// up from its index (Work/index/<file handle>) and links only the
+	// name the change came through into the upper; a commit of a view the
+	// kernel has mounted (so nothing may be linked into the upper) passes
+	// those names here. Each is written as a hardlink of the object's
+	// first name in the tar (the lowers' directories leading to it as
+	// well); a name the upper holds itself, or hides, is not.
+	IndexedNames map[string]string
 }
 
 // WriteLayer writes the upper as an OCI layer tar to w (uncompressed; the
@@ -57,7 +76,12 @@ func WriteLayer(ctx context.Context, w io.Writer, upper string, lowers []string,
 	if lw.log == nil {
 		lw.log = slog.New(slog.DiscardHandler)
 	}
-	if err := walk(ctx, upper, lowers, lw.event); err != nil {
+	owners, err := newSpecialOwners(upper, lowers, opts) // owners.go
+	if err != nil {
+		return fmt.Errorf("write layer of %s: %w", upper, err)
+	}
+	lw.owners = owners
+	if err := walkWith(ctx, upper, lowers, newExtraNames(opts.IndexedNames), lw.event); err != nil {
 		return fmt.Errorf("write layer of %s: %w", upper, err)
 	}
 	if err := lw.tw.Close(); err != nil {
@@ -75,6 +99,8 @@ type layerWriter struct {
 	log   *slog.Logger
 	buf   []byte
 	links map[inode]string
+	// owners: nil without tables.
+	owners *specialOwners
 }
 
 // epoch stamps the marker entries (whiteouts, opaque markers), which have
@@ -145,10 +171,17 @@ func (lw *layerWriter) entry(ev event) error {
 				}
 			}
 		}
+	} else if rec, ok, err := lw.owners.record(ev.dirfd, ev.name, ifmt); err != nil {
+		return fmt.Errorf("%s: %w", ev.path, err)
+	} else if ok {
+		hdr.Uid, hdr.Gid = int(rec.UID), int(rec.GID)
+		if ifmt != unix.S_IFLNK {
+			perm = rec.Mode & 07777 // a symlink's mode is 0777 on Linux
+		}
 	}
 	hdr.Mode = int64(perm)
 
-	if ifmt != unix.S_IFDIR && st.Nlink > 1 {
+	if ifmt != unix.S_IFDIR && (st.Nlink > 1 || ev.indexed) {
 		key := inode{st.Dev, st.Ino}
 		if first, ok := lw.links[key]; ok {
 			hdr.Typeflag, hdr.Linkname = tar.TypeLink, first

@@ -194,6 +194,18 @@ type dirEntry struct {
 	dirfd int // the directory holding it (an upper or lower dir)
 	st    unix.Stat_t
 	upper bool
+	// indexed: an index entry shown under this name (extraNames), file
+	// its name in dirfd.
+	indexed bool
+	file    string
+}
+
+// object is the entry's name in dirfd.
+func (e *dirEntry) object() string {
+	if e.file != "" {
+		return e.file
+	}
+	return e.name
 }
 
 // layerListing is one directory of one layer, split by meaning.

@@ -38,6 +38,9 @@ type event struct {
 	// metacopy, for an upper file whose data overlayfs (metacopy=on)
 	// left in a lower: that lower file.
 	metacopy *lowerHit
+	// indexed: a name the upper lacks, shown from an index entry
+	// (WriteOptions.IndexedNames); dirfd and name are the entry's.
+	indexed bool
 }
 
 // dirNode is one directory of the merged view being walked.
@@ -74,10 +77,15 @@ type walker struct {
 	ctx   context.Context
 	roots []lowerDir // every lower layer's root, top first
 	emit  func(event) error
+	extra *extraNames // names the upper lacks (indexed.go); nil: none
 }
 
 func walk(ctx context.Context, upper string, lowers []string, emit func(event) error) error {
-	w := &walker{ctx: ctx, emit: emit}
+	return walkWith(ctx, upper, lowers, nil, emit)
+}
+
+func walkWith(ctx context.Context, upper string, lowers []string, extra *extraNames, emit func(event) error) error {
+	w := &walker{ctx: ctx, emit: emit, extra: extra}
 	var rootFds fdSet
 	defer rootFds.closeAll()
 	for i, l := range lowers {
@@ -140,6 +148,12 @@ func (w *walker) dir(n *dirNode) error {
 		}
 		entries = append(entries, lower...)
 	}
+	if w.extra != nil {
+		var err error
+		if entries, err = w.extra.add(n, entries, whiteouts); err != nil {
+			return fmt.Errorf("%s: %w", n.path, err)
+		}
+	}
 	slices.SortFunc(entries, func(a, b dirEntry) int { return strings.Compare(a.name, b.name) })
 
 	if n.covered {
@@ -201,11 +215,11 @@ func (w *walker) entry(n *dirNode, e *dirEntry, upperWhiteout bool) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", p, err)
 	}
-	ev := event{kind: evEntry, path: p, change: Added, dirfd: e.dirfd, name: e.name, st: &e.st}
+	ev := event{kind: evEntry, path: p, change: Added, dirfd: e.dirfd, name: e.object(), st: &e.st, indexed: e.indexed}
 	if at.exists {
 		ev.change = Changed
 	}
-	if e.upper && e.st.Mode&unix.S_IFMT == unix.S_IFREG && hasOverlayXattr(procPath(e.dirfd, e.name), "metacopy") {
+	if e.upper && e.st.Mode&unix.S_IFMT == unix.S_IFREG && hasOverlayXattr(procPath(e.dirfd, e.object()), "metacopy") {
 		src, err := w.metacopySource(n, e, &child.owned)
 		if err != nil {
 			return fmt.Errorf("%s: %w", p, err)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -120,8 +119,7 @@ func TestPosixACLAgainstKernelOverlay(t *testing.T) {
 func aclScenario(t *testing.T, root string) string {
 	var log []string
 	as := func(uid int, umask string, desc, script string) {
-		cmd := exec.Command("sh", "-c", "umask "+umask+"; "+script)
-		cmd.Dir = root
+		cmd := commandIn(root, "sh", "-c", "umask "+umask+"; "+script)
 		if uid != 0 {
 			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid), Groups: []uint32{}}}
 		}
@@ -162,8 +160,7 @@ func aclScenario(t *testing.T, root string) string {
 // getfaclTree renders the mode and ACL of every object under root.
 func getfaclTree(t *testing.T, root string) string {
 	t.Helper()
-	cmd := exec.Command("getfacl", "-R", "-p", "-n", ".")
-	cmd.Dir = root
+	cmd := commandIn(root, "getfacl", "-R", "-p", "-n", ".")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("getfacl in %s: %v\n%s", root, err, out)

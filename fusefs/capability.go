@@ -25,6 +25,12 @@ func (n *node) capabilityGetxattr(attr string, dest []byte) (sz uint32, errno sy
 	if attr != statoverride.SecurityCapability {
 		return 0, 0, false
 	}
+	n.mu.Lock()
+	none := n.upperNoCaps
+	n.mu.Unlock()
+	if none {
+		return 0, syscall.ENODATA, true
+	}
 	sz, errno = n.storedXattr(attr, dest)
 	if errno == syscall.ENODATA {
 		sz, errno = n.storedXattr(statoverride.CapabilityXattr, dest)

@@ -74,6 +74,7 @@ func (u *union) copyUpDir(d *node) syscall.Errno {
 		}
 	}
 	d.hasUpper = true
+	d.more().upperMadeHere = true
 	u.debugf("copy-up dir", "path", rel)
 	// The kernel may hold the lower dir's attributes for LowerTimeout;
 	// the upper copy's change as entries are added. Tell it, outside
@@ -153,6 +154,7 @@ func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (creat
 				return nil, fs.ToErrno(err)
 			}
 			n.more().indexed, n.hasUpper = true, true
+			syncKernelNlink(u.workPath + "/" + idx) // kernelindex.go
 			return nil, 0
 		}
 		vis, complete := u.visibleGroupNames(li, &st)
@@ -184,8 +186,19 @@ func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (creat
 		unix.Unlinkat(u.workFd, tmp, 0)
 		return nil, fs.ToErrno(err)
 	}
+	// A symlink's or FIFO's owner lives in a table, not on the copy.
+	if err := u.carrySpecialOwner(li, lowerRel, &st, append(others, rel)...); err != nil { // ownertable.go
+		unix.Unlinkat(u.workFd, tmp, 0)
+		return nil, fs.ToErrno(err)
+	}
+	var kernelFh []byte // the entry's name in the kernel's index too
 	if indexed {
 		setOverlayXattr(tmpPath, u.ns, nlinkSuffix, strconv.FormatUint(uint64(viewNlink), 10))
+		if kernelFh = u.kernelHandle(src, lowerRel); kernelFh != nil { // kernelindex.go
+			if err := unix.Lsetxattr(tmpPath, kernelOriginXattr, kernelFh, 0); err != nil {
+				kernelFh = nil
+			}
+		}
 		if err := unix.Renameat(u.workFd, tmp, u.workFd, idx); err != nil {
 			unix.Unlinkat(u.workFd, tmp, 0)
 			return nil, fs.ToErrno(err)
@@ -216,6 +229,9 @@ func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (creat
 		return created, fs.ToErrno(err)
 	}
 	n.hasUpper = true
+	if kernelFh != nil {
+		u.linkKernelIndex(idx, kernelFh)
+	}
 	u.debugf("copy-up", "path", rel, "indexed", indexed, "names", len(others)+1, "data", !skipData)
 	return created, 0
 }
@@ -322,8 +338,13 @@ func copyRangeRW(in, out int, off, n int64) error {
 // xattrs come after it, and times last.
 func (u *union) copyMeta(srcPath, dstPath string, st *unix.Stat_t, origin uint64) error {
 	isLink := st.Mode&unix.S_IFMT == unix.S_IFLNK
-	if err := unix.Fchownat(unix.AT_FDCWD, dstPath, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) {
-		return err
+	// dst was just made by the daemon in the work dir (not set-group-ID),
+	// so it is the daemon's already: most copy-ups of root's files need
+	// no chown.
+	if int(st.Uid) != u.euid || int(st.Gid) != u.egid {
+		if err := unix.Fchownat(unix.AT_FDCWD, dstPath, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) {
+			return err
+		}
 	}
 	if !isLink {
 		if err := unix.Fchmodat(unix.AT_FDCWD, dstPath, st.Mode&07777, 0); err != nil {
@@ -406,6 +427,10 @@ func (u *union) copyUpName(d *node, name string, n *node) syscall.Errno {
 	err := unix.Linkat(u.workFd, u.indexRelFor(n.ino()), u.upper.fd, rel, 0)
 	if err != nil && !errors.Is(err, unix.EEXIST) {
 		return fs.ToErrno(err)
+	}
+	syncKernelNlink(u.workPath + "/" + u.indexRelFor(n.ino())) // kernelindex.go
+	if l, errno := n.where(); errno == 0 {
+		u.linkSpecialOwner(n, l, rel) // ownertable.go
 	}
 	return 0
 }

@@ -172,7 +172,7 @@ func (u *union) list(n *node) (*listing, syscall.Errno) {
 			seen[e.name] = struct{}{}
 			ino := u.inos.ino(s.l.dev, e.ino)
 			if s.l.upper {
-				if o, ok := readOrigin(s.l.path(rel)); ok {
+				if o, ok := u.upperOrigin(s.l.path(rel)); ok { // kernelindex.go
 					ino = o
 				}
 			}

@@ -40,8 +40,11 @@
 //     Merged directories report st_nlink 1, as overlayfs does.
 //   - Owners and modes come from user.containers.override_stat where it is
 //     present (chmod/chown then rewrite the record; an empty file whose
-//     record names a device, fifo or socket shows as one), otherwise from
-//     disk through Options.UIDMap/GIDMap and the squash options.
+//     record names a device, fifo or socket shows as one), for symlinks,
+//     FIFOs and sockets (which cannot carry it) from the special-owners
+//     tables of Options.LowerOwnerTables and UpperOwnerTable (see
+//     ownertable.go), otherwise from disk through Options.UIDMap/GIDMap
+//     and the squash options.
 //   - Copy-up on the first change of a lower object (open for write,
 //     truncate, chmod, chown, utimens, setxattr, removexattr, link,
 //     rename): data with copy_file_range over the data extents only
@@ -91,6 +94,11 @@
 //   - Every copied-up object carries NS.layerfs.origin = its view st_ino
 //     (decimal), so st_ino survives copy-up and remounts (symlinks only
 //     where the namespace allows xattrs on them, i.e. trusted).
+//   - Options.UpperOwnerTable (package ownertable's format) holds the
+//     owners and modes of the upper's symlinks, FIFOs and sockets that
+//     copy-up carried or a chown the daemon could not make recorded; a
+//     line is appended per change, and the file is rewritten compact now
+//     and then.
 //   - Work/layerfs/tmp holds copy-ups being built (a crash leaves only
 //     files there, removed at the next mount); every copy-up is renamed or
 //     linked into place, so the upper shows either the lower object or
@@ -111,7 +119,12 @@
 //     Work/layerfs/index/<st_ino as 16 hex digits>, overlayfs's index=on:
 //     the names found are linked to it, other names are linked as changes
 //     come through them, and the entry carries NS.layerfs.nlink, the
-//     group's link count in the view.
+//     group's link count in the view. With trusted.* xattrs the copy is
+//     also the kernel's index entry (kernelindex.go): linked as
+//     Work/index/<hex of the lower's overlayfs file handle>, with
+//     trusted.overlay.origin (that handle) and trusted.overlay.nlink
+//     (kept in step with NS.layerfs.nlink), so kernel overlayfs with
+//     index=on serves the names not linked yet from it.
 //
 // # What the union reads
 //
@@ -126,9 +139,12 @@
 // NS.layerfs.origin (the lower's inode number, which the kernel shows too)
 // and NS.layerfs.nlink from the kernel's overlay.nlink, which it rewrites
 // to count the links added, so the kernel reads the upper right again.
-// AdoptKernelIndex does the same without mounting, for a commit. The
-// kernel's overlay.origin on other copied-up objects is not read: they
-// show the upper's inode number under the union.
+// AdoptKernelIndex does the same without mounting, for a commit;
+// KernelIndexNames reads the same without writing anything, for a commit
+// of a view the kernel has mounted right now. The kernel's overlay.origin
+// on a non-directory it copied up (not a hardlink) is decoded too, so the
+// union shows the lower's inode number for it, as the kernel does (root
+// only: decoding needs CAP_DAC_READ_SEARCH).
 //
 // # POSIX ACLs
 //
@@ -175,11 +191,22 @@
 // (ls -l, find) skip one stat per layer; a lookup reads no whole
 // directory except a small one spread over three or more lower layers.
 // Whether a lower object has xattrs at all is remembered, so the kernel's
-// security.* probes of one that has none cost no syscall. Upper files use FUSE
+// security.* probes of one that has none, and the GETATTR that follows
+// every read (the kernel refreshes atime), cost no getxattr; a file made
+// through the view answers the security.capability probe before each
+// write without a syscall. A create or mkdir where no whiteout sits and
+// the caller's IDs are the daemon's (root's own files; a rootless
+// mounter's) goes straight into the upper dir, as overlayfs's does
+// (createdirect.go); the others are built in the work dir and renamed.
+// Handles are FOPEN_NOFLUSH (close(2) sends no FLUSH: it would do nothing
+// on a local upper), READ and WRITE carry up to 1 MiB, and reads under
+// 64 KiB are a pread rather than a splice through a pipe. Upper files use FUSE
 // passthrough where the kernel (6.9+) and privileges allow it (root;
 // inside a user namespace the kernel refuses and reads go through the
 // daemon); with Debug, every open logs which path it took. Requests are
-// served in parallel: state is per node, under per-node locks.
+// served in parallel: state is per node, under per-node locks. The
+// daemons run with more Ps than go-fuse has readers (TuneScheduler), so
+// readers blocked in read(2) keep theirs and Go's sysmon stays quiet.
 //
 // # Known limits
 //
@@ -187,9 +214,10 @@
 //     its index (see "What the union writes": names in other layers)
 //     and that were never changed, linked or renamed through the union
 //     are not linked into the upper: the union finds the new data through
-//     its index, kernel overlayfs mounting the upper later (and a commit)
-//     does not. For such groups the upper's st_nlink also counts the
-//     index link.
+//     its index, and kernel overlayfs mounting the upper later through
+//     the kernel's entry the union writes beside it (trusted.* only), but
+//     a commit, which reads the upper, does not. For such groups the
+//     upper's st_nlink also counts the index links.
 //   - Named users and groups in ACLs are stored as the kernel sends them:
 //     UIDMap/GIDMap do not translate them. Under an override_stat record
 //     chmod rewrites the record, not the mode, so an ACL's mask stays.
@@ -201,7 +229,11 @@
 //     redirects and hardlink index are.
 //   - The kernel does not read the union's own index: a group the union
 //     copied up through it (see above) shows the lower's data under its
-//     unlinked names when the kernel mounts the upper next.
+//     unlinked names when the kernel mounts the upper next, unless the
+//     union could write the kernel's entry too (trusted.* xattrs, lower
+//     file handles). A group the union copied up by linking every name
+//     shows the upper's inode number under the kernel (it trusts an
+//     origin's number only for an indexed group or a lone lower name).
 //   - st_nlink of a lower object counts every name outside its own layer
 //     (a materialized chain's parent layers) as visible.
 package fusefs

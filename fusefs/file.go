@@ -49,11 +49,24 @@ var (
 // newHandle wraps fd and chooses the I/O path: passthrough for upper files
 // where allowed, page-cache reads kept across opens for lower files.
 func (u *union) newHandle(n *node, fd int, upper bool, rel string) (fs.FileHandle, uint32) {
-	h := &fileHandle{fd: fd, upper: upper, n: n}
-	var fl uint32
+	writable := false
 	if fa, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil {
-		h.writable = fa&unix.O_ACCMODE != unix.O_RDONLY
+		writable = fa&unix.O_ACCMODE != unix.O_RDONLY
 	}
+	return u.newHandleFlags(n, fd, upper, writable, rel)
+}
+
+// newHandleFlags is newHandle for a caller that knows whether fd is
+// open for writing.
+//
+// Every handle is FOPEN_NOFLUSH: a FLUSH would only close a duplicate of
+// the backing descriptor, which does nothing on the local file systems
+// an upper can live on (overlayfs refuses NFS uppers too) and releases
+// none of the open-file-description locks the handles use; without it
+// close(2) costs no round trip to the daemon.
+func (u *union) newHandleFlags(n *node, fd int, upper, writable bool, rel string) (fs.FileHandle, uint32) {
+	h := &fileHandle{fd: fd, upper: upper, n: n, writable: writable}
+	fl := uint32(fuse.FOPEN_NOFLUSH)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	x := n.more()
@@ -73,7 +86,7 @@ func (u *union) newHandle(n *node, fd int, upper bool, rel string) (fs.FileHandl
 		path = "passthrough (if the kernel accepts the backing fd)"
 	case !upper:
 		x.openCached++
-		fl = fuse.FOPEN_KEEP_CACHE
+		fl |= fuse.FOPEN_KEEP_CACHE
 		path = "lower, cached"
 	default:
 		x.openCached++
@@ -108,7 +121,19 @@ func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
 	return fs.ToErrno(err)
 }
 
+// spliceMin is the smallest read worth splicing: below it one pread and
+// go-fuse's writev beat splicing through a pipe (two splices, and
+// go-fuse's FIONREAD and drain of the pipe afterwards).
+const spliceMin = 64 << 10
+
 func (h *fileHandle) Read(ctx context.Context, buf []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if len(buf) < spliceMin {
+		n, err := unix.Pread(h.fd, buf, off)
+		if err != nil {
+			return nil, fs.ToErrno(err)
+		}
+		return fuse.ReadResultData(buf[:n]), 0
+	}
 	return fuse.ReadResultFd(uintptr(h.fd), off, len(buf)), 0
 }
 

@@ -92,3 +92,15 @@ func run(t testing.TB, name string, args ...string) string {
 	}
 	return string(out)
 }
+
+// commandIn is exec.Command run with dir as its working directory,
+// where dir may be inside a union this test process serves. It must not
+// be set as cmd.Dir: the child would chdir into the mount between fork
+// and exec, and a FUSE request made then can deadlock the test binary.
+// Go's parent waits for the exec in a raw syscall that a stop-the-world
+// (a GC) cannot interrupt, while the daemon goroutines that would answer
+// the child's request are stopped. The shell changes directory after the
+// exec, when the parent has moved on.
+func commandIn(dir, name string, args ...string) *exec.Cmd {
+	return exec.Command("sh", append([]string{"-c", `cd -- "$0" && exec "$@"`, dir, name}, args...)...)
+}

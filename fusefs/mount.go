@@ -52,7 +52,12 @@ func Mount(target string, opts Options) (*Server, error) {
 		MaxBackground: 64,
 		MaxStackDepth: 1,
 		MaxReadAhead:  1 << 20,
-		DirectMount:   os.Geteuid() == 0,
+		// READs and WRITEs of up to 1 MiB (the kernel's default
+		// fs.fuse.max_pages_limit; go-fuse clamps to what it allows):
+		// an eighth of the round trips of go-fuse's 128 KiB default for
+		// every file read through the daemon.
+		MaxWrite:    1 << 20,
+		DirectMount: os.Geteuid() == 0,
 		// READDIRPLUS only when lookups follow a listing (ls -l, find);
 		// plain READDIR otherwise (ls, huge directories).
 		ExtraCapabilities:    fuse.CAP_READDIRPLUS_AUTO,

@@ -10,6 +10,8 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/ownertable"
 )
 
 // node is one object of the view. Its go-fuse identity (StableAttr.Ino) is
@@ -35,6 +37,10 @@ type node struct {
 	// kernel's frequent probes of one that has none (security.*, on
 	// every ls -l and write) cost no syscall.
 	lowerXattrs xattrsKnown
+	// upperNoCaps: the upper object was made by this mount and nobody
+	// set an xattr on it since, so the kernel's security.capability probe
+	// before every write needs no syscall.
+	upperNoCaps bool
 	x           *nodeExtra
 }
 
@@ -54,6 +60,10 @@ type nodeExtra struct {
 	// indexed: the data lives in the work dir's hardlink index (a lower
 	// hardlink group was copied up), shared by every name of the group.
 	indexed bool
+	// upperMadeHere: this mount made the directory's upper copy (mkdir
+	// or copy-up), so no ".wh." file sits in it unless the union wrote
+	// one (union.whFilesWritten): lookups skip probing for them.
+	upperMadeHere bool
 	// nlinkView is the st_nlink shown for a lower-only object, valid
 	// while union.viewGen+1 == nlinkGen.
 	nlinkView uint32
@@ -86,6 +96,17 @@ func (n *node) more() *nodeExtra {
 // indexed reports whether the data lives in the hardlink index. Callers
 // hold n.mu.
 func (n *node) indexedLocked() bool { return n.x != nil && n.x.indexed }
+
+// upperMadeHereLocked: see nodeExtra.upperMadeHere. Callers hold n.mu.
+func (n *node) upperMadeHereLocked() bool { return n.x != nil && n.x.upperMadeHere }
+
+// markUpperMadeHere records that this mount just made directory n's
+// upper copy.
+func (n *node) markUpperMadeHere() {
+	n.mu.Lock()
+	n.more().upperMadeHere = true
+	n.mu.Unlock()
+}
 
 // lowerDirs are the lower directories merged into directory n, top first.
 // They never change once the node is made, so no lock is needed.
@@ -347,6 +368,9 @@ func (n *node) getattr(fh fs.FileHandle, out *fuse.Attr) syscall.Errno {
 	indexed := n.indexedLocked()
 	lowerLayer := int(n.lowerLayer)
 	lowerOnly := errno == 0 && !l.upper && !n.isDir && lowerLayer >= 0
+	// A lower object without xattrs has no override record either: no
+	// getxattr on every GETATTR (one follows each read, for the atime).
+	mayHaveXattrs := !lowerOnly || indexed || n.lowerHasXattrsLocked(l)
 	n.mu.Unlock()
 	var st unix.Stat_t
 	if hf := asHandle(fh); hf != nil {
@@ -369,7 +393,10 @@ func (n *node) getattr(fh fs.FileHandle, out *fuse.Attr) syscall.Errno {
 			return fs.ToErrno(err)
 		}
 	}
-	u.fillAttr(l.path(), &st, n.ino(), out)
+	u.fillAttrX(l.path(), &st, n.ino(), out, mayHaveXattrs)
+	if errno == 0 {
+		n.showSpecialOwner(l, &st, out, indexed, lowerLayer) // ownertable.go
+	}
 	switch {
 	case merged:
 		out.Nlink = 1
@@ -489,9 +516,15 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 // lowerHasXattrsLocked reports whether lower object l of n has xattrs at
 // all (it never changes). Callers hold n.mu.
 func (n *node) lowerHasXattrsLocked(l loc) bool {
+	return n.lowerHasXattrsAtLocked(l.path())
+}
+
+// lowerHasXattrsAtLocked is lowerHasXattrsLocked for the lower object at
+// path.
+func (n *node) lowerHasXattrsAtLocked(path string) bool {
 	if n.lowerXattrs == xattrsUnknown {
 		n.lowerXattrs = xattrsSome
-		if names, err := listXattrs(l.path()); err == nil && len(names) == 0 {
+		if names, err := listXattrs(path); err == nil && len(names) == 0 {
 			n.lowerXattrs = xattrsNone
 		}
 	}
@@ -526,7 +559,21 @@ func (n *node) attrForEntry(f *found, upperRel string, out *fuse.Attr) syscall.E
 	default:
 		path = u.lowers[f.lowerLayer].path(f.lowerRel)
 	}
-	u.fillAttr(path, &st, n.ino(), out)
+	mayHaveXattrs := true
+	if !f.upper && !indexed && !n.isDir {
+		// One listxattr now spares every later GETATTR and security.*
+		// probe of the object its getxattr.
+		n.mu.Lock()
+		mayHaveXattrs = n.lowerHasXattrsAtLocked(path)
+		n.mu.Unlock()
+	}
+	u.fillAttrX(path, &st, n.ino(), out, mayHaveXattrs)
+	if li := f.lowerLayer; ownertable.NeedsTable(st.Mode) {
+		if f.upper && !indexed {
+			li = -1 // a new object or a copy: the upper table alone
+		}
+		u.presentSpecialOwner(&st, out, f.upper || indexed, upperRel, li, f.lowerRel) // ownertable.go
+	}
 	switch {
 	case merged:
 		out.Nlink = 1

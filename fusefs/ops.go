@@ -125,6 +125,7 @@ func (u *union) place(s *createSpot, tmp string, isDir bool) error {
 		dir, name := splitRel(s.rel)
 		unix.Unlinkat(u.upper.fd, join(dir, whiteout.Prefix+name), 0)
 	}
+	u.dropSpecialOwner(s.rel) // a new object: no record left by an old one
 	return nil
 }
 
@@ -149,6 +150,9 @@ func (d *node) newChild(ctx context.Context, name, rel string, out *fuse.EntryOu
 }
 
 func (d *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	if ch, fh, fl, errno, err := d.createDirect(ctx, name, flags, mode, out); err == nil { // createdirect.go
+		return ch, fh, fl, errno
+	}
 	u := d.u
 	s, errno := u.prepareCreate(d, name)
 	if errno != 0 {
@@ -186,6 +190,9 @@ func (d *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 }
 
 func (d *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if ch, errno, err := d.mkdirDirect(ctx, name, mode, out); err == nil { // createdirect.go
+		return ch, errno
+	}
 	u := d.u
 	s, errno := u.prepareCreate(d, name)
 	if errno != 0 {
@@ -222,7 +229,11 @@ func (d *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	if err := u.place(s, tmp, true); err != nil {
 		return fail(err)
 	}
-	return d.newChild(ctx, name, s.rel, out)
+	ch, errno := d.newChild(ctx, name, s.rel, out)
+	if errno == 0 {
+		ch.Operations().(*node).markUpperMadeHere()
+	}
+	return ch, errno
 }
 
 // newObjectIn is newObjectMode for an object about to be made at s.
@@ -334,6 +345,7 @@ func (d *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 		adjustNlink(l.path(), u.ns, +1)
 	}
 	tn.mu.Unlock()
+	u.linkSpecialOwner(tn, l, s.rel) // ownertable.go
 	ch := d.NewInode(ctx, tn, tn.StableAttr())
 	if errno := tn.getattr(nil, &out.Attr); errno != 0 {
 		return nil, errno
@@ -354,6 +366,7 @@ func adjustNlink(path string, ns whiteout.Namespace, delta int) {
 		return
 	}
 	setOverlayXattr(path, ns, nlinkSuffix, strconv.Itoa(max(c+delta, 0)))
+	syncKernelNlink(path) // kernelindex.go: the kernel's record of the group
 }
 
 // lowerHas reports whether the lowers of d show something at name, i.e.
@@ -385,6 +398,7 @@ func (u *union) makeWhiteout(rel string) error {
 		return err
 	}
 	dir, name := splitRel(rel)
+	u.whFilesWritten.Store(true) // before the file exists: lookups must look for it
 	fd, err := unix.Openat(u.upper.fd, join(dir, whiteout.Prefix+name), unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return err
@@ -469,6 +483,7 @@ func (d *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	if err != nil {
 		return fs.ToErrno(err)
 	}
+	u.dropSpecialOwner(rel) // ownertable.go
 	if cn != nil {
 		cn.mu.Lock()
 		if cn.indexedLocked() {
@@ -589,7 +604,13 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 	mode, hasMode := in.GetMode()
 	uid, hasUID := in.GetUID()
 	gid, hasGID := in.GetGID()
-	if hasOv && (hasMode || hasUID || hasGID) {
+	special, errno := u.setSpecialOwner(n, l, &st, in) // ownertable.go
+	if errno != 0 {
+		return errno
+	}
+	if special {
+		// Owner and mode live in the upper's special-owners table.
+	} else if hasOv && (hasMode || hasUID || hasGID) {
 		// The owner the view shows is the record: keep it there.
 		if hasMode {
 			ov.Mode = ov.Mode&unix.S_IFMT | mode&07777
@@ -680,6 +701,9 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if isPrivateXattr(attr) {
 		return syscall.EOPNOTSUPP
 	}
+	n.mu.Lock()
+	n.upperNoCaps = false // whatever the name: an unknown one may be a kept capability
+	n.mu.Unlock()
 	if errno := u.copyUp(n, false); errno != 0 {
 		return errno
 	}
@@ -746,7 +770,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	if err != nil {
 		return nil, 0, fs.ToErrno(err)
 	}
-	fh, fl := u.newHandle(n, fd, l.upper, l.rel)
+	fh, fl := u.newHandleFlags(n, fd, l.upper, flags&unix.O_ACCMODE != unix.O_RDONLY, l.rel)
 	return fh, fl, 0
 }
 

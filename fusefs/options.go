@@ -33,6 +33,20 @@ type Options struct {
 	Upper, Work string
 	// ReadOnly answers EROFS to every change even when Upper is set.
 	ReadOnly bool
+
+	// LowerOwnerTables name, for each of Lowers (same order; "" or a
+	// missing file: none), the layer's special-owners table (package
+	// ownertable): the owner, group and mode of its symlinks, FIFOs and
+	// sockets, which Linux will not give the user.containers.override_stat
+	// xattr that carries them for every other object of a rootless
+	// layer. A table is read the first time one of those objects of its
+	// layer is looked up.
+	LowerOwnerTables []string
+	// UpperOwnerTable is the upper's table, on the filesystem of Work:
+	// copy-up of such an object carries its record there, a chown (or
+	// chmod) the daemon may not do natively records the new owner there,
+	// and unlink and rename keep it in step. "" keeps none.
+	UpperOwnerTable string
 	// AllowOther lets users other than the mounter see the view. It also
 	// makes the kernel check every access against the owners and modes
 	// the view shows (default_permissions), the mounter's too; without
@@ -113,6 +127,12 @@ func (o *Options) validate() error {
 	}
 	if len(o.Lowers) == 0 && o.Upper == "" {
 		return errors.New("need at least one lower or an upper")
+	}
+	if len(o.LowerOwnerTables) > len(o.Lowers) {
+		return fmt.Errorf("%d lower owner tables for %d lowers", len(o.LowerOwnerTables), len(o.Lowers))
+	}
+	if o.UpperOwnerTable != "" && o.Upper == "" {
+		return errors.New("an upper owner table needs an upper")
 	}
 	if o.Upper != "" {
 		up, wk := filepath.Clean(o.Upper)+"/", filepath.Clean(o.Work)+"/"

@@ -5,7 +5,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -136,8 +135,7 @@ func runRedirectScript(t *testing.T, steps []string) {
 }
 
 func shellIn(dir, script string) (string, error) {
-	cmd := exec.Command("sh", "-c", script)
-	cmd.Dir = dir
+	cmd := commandIn(dir, "sh", "-c", script)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }

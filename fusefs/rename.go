@@ -109,7 +109,11 @@ func (d *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		if errno := u.markMovedDir(dn, drel, srcLowerHas); errno != 0 {
 			return errno
 		}
-		return fs.ToErrno(unix.Renameat2(u.upper.fd, srel, u.upper.fd, drel, unix.RENAME_EXCHANGE))
+		if err := unix.Renameat2(u.upper.fd, srel, u.upper.fd, drel, unix.RENAME_EXCHANGE); err != nil {
+			return fs.ToErrno(err)
+		}
+		u.moveSpecialOwners(srel, drel, true) // ownertable.go
+		return 0
 	}
 	if dstExists && dst.upper && dst.st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		if err := u.clearUpperDir(drel); err != nil {
@@ -136,6 +140,7 @@ func (d *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	} else if err := unix.Renameat(u.upper.fd, srel, u.upper.fd, drel); err != nil {
 		return fs.ToErrno(err)
 	}
+	u.moveSpecialOwners(srel, drel, false) // ownertable.go
 	// A .wh.NAME file at the destination no longer means anything but
 	// would hide lowers if the new object goes away: drop it.
 	ddir, dname := splitRel(drel)

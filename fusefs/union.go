@@ -52,8 +52,16 @@ type union struct {
 	gids           idMapper
 	tmpMu          sync.Mutex
 	tmpN           uint64
+	// whFilesWritten: a whiteout had to be a ".wh." file (no mknod), so
+	// the dirs this mount made may hold some (see upperMadeHere).
+	whFilesWritten atomic.Bool
+	pid            int // names temporary objects
+	// euid and egid own what the daemon makes (see ownsNatively).
+	euid, egid int
 	// indexes bounds the memory of the directories' name indexes.
 	indexes indexCache
+	// owners: the special-owners tables (ownertable.go).
+	owners specialOwners
 	// acl: POSIX ACL semantics (acl.go); umasks holds the umask of each
 	// creating request; procUmask is the daemon's own.
 	acl       bool
@@ -65,6 +73,7 @@ func newUnion(o Options) (*union, error) {
 	u := &union{opts: o, log: o.Logger, ns: o.XattrNamespace, readOnly: o.readOnlyView(), workFd: -1}
 	u.indexes.max = maxIndexBytes
 	u.procUmask = processUmask()
+	u.pid, u.euid, u.egid = os.Getpid(), os.Geteuid(), os.Getegid()
 	u.uids = idMapper{m: o.UIDMap, squash: o.SquashUID}
 	u.gids = idMapper{m: o.GIDMap, squash: o.SquashGID}
 	var devs []uint64
@@ -129,6 +138,12 @@ func newUnion(o Options) (*union, error) {
 			}
 		}
 	}
+	owners, err := openSpecialOwners(&o)
+	if err != nil {
+		u.close()
+		return nil, err
+	}
+	u.owners = owners
 	return u, nil
 }
 
@@ -142,6 +157,7 @@ func (u *union) close() {
 	if u.workFd >= 0 {
 		unix.Close(u.workFd)
 	}
+	u.owners.close()
 }
 
 func (u *union) tmpName() string {
@@ -149,7 +165,7 @@ func (u *union) tmpName() string {
 	u.tmpN++
 	n := u.tmpN
 	u.tmpMu.Unlock()
-	return fmt.Sprintf("tmp/%d-%d", os.Getpid(), n)
+	return fmt.Sprintf("tmp/%d-%d", u.pid, n)
 }
 
 func (u *union) debugf(msg string, args ...any) {
@@ -196,6 +212,7 @@ func (u *union) resolve(d *node, name string) (*found, syscall.Errno) {
 	index := u.nameIndex(d)
 	d.mu.Lock()
 	ds := dirState{hasUpper: d.hasUpper, lowers: d.lowerDirs(), lowerRel: d.dirLowerRel(), index: index}
+	ds.noWhFiles = d.upperMadeHereLocked() && !u.whFilesWritten.Load()
 	d.mu.Unlock()
 	if ds.hasUpper && u.upper != nil {
 		urel, ok := d.upperRel()
@@ -214,6 +231,8 @@ type dirState struct {
 	lowers   []lowerDir
 	lowerRel string
 	index    *nameIndex // names of the lowers' dirs; may be nil
+	// noWhFiles: the upper dir holds no ".wh." files (upperMadeHere).
+	noWhFiles bool
 }
 
 // resolvePath resolves a path of the view from the root without the
@@ -268,7 +287,7 @@ func (u *union) resolveIn(ds *dirState, name string) (*found, syscall.Errno) {
 				return f, 0
 			}
 			m := readDirMarks(u.upper, rel)
-			if m.opaque || hasWhFile(u.upper, rel) {
+			if m.opaque || (!ds.noWhFiles && hasWhFile(u.upper, rel)) {
 				f.lowerRel = lowerRel
 				return f, 0
 			}
@@ -292,7 +311,7 @@ func (u *union) resolveIn(ds *dirState, name string) (*found, syscall.Errno) {
 				}
 			}
 		case err == syscall.ENOENT || err == syscall.ENOTDIR:
-			if hasWhFile(u.upper, rel) {
+			if !ds.noWhFiles && hasWhFile(u.upper, rel) {
 				return nil, syscall.ENOENT
 			}
 		default:
@@ -365,7 +384,7 @@ func (u *union) resolveIn(ds *dirState, name string) (*found, syscall.Errno) {
 // viewIno computes the inode number the view shows for f.
 func (u *union) viewIno(f *found, upperRel string) uint64 {
 	if f.upper {
-		if o, ok := readOrigin(u.upper.path(upperRel)); ok {
+		if o, ok := u.upperOrigin(u.upper.path(upperRel)); ok { // kernelindex.go
 			return o
 		}
 		return u.inos.ino(f.st.Dev, f.st.Ino)
@@ -380,9 +399,22 @@ func (u *union) indexRelFor(ino uint64) string {
 
 // fillAttr converts a host stat into the view's attributes.
 func (u *union) fillAttr(path string, st *unix.Stat_t, ino uint64, out *fuse.Attr) {
+	u.fillAttrX(path, st, ino, out, true)
+}
+
+// fillAttrX is fillAttr that reads no override record when the object is
+// known to have no xattrs at all.
+func (u *union) fillAttrX(path string, st *unix.Stat_t, ino uint64, out *fuse.Attr, mayHaveXattrs bool) {
 	out.FromStat(toSyscallStat(st))
 	out.Ino = ino
-	if ov, ok, _ := statoverride.Get(path); ok {
+	var ov statoverride.Stat
+	ok := false
+	if mayHaveXattrs {
+		// Symlinks, FIFOs and sockets cannot carry the record: theirs
+		// are in the special-owners tables (presentSpecialOwner).
+		ov, ok, _ = getOverride(path, st)
+	}
+	if ok {
 		out.Uid, out.Gid = ov.UID, ov.GID
 		out.Mode = out.Mode&unix.S_IFMT | ov.Mode&07777
 		if ov.HasType() && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size == 0 {

@@ -9,12 +9,16 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/opencontainers/go-digest"
 	"github.com/vbatts/tar-split/tar/storage"
+	"golang.org/x/sys/unix"
 
+	"github.com/layerfs/layerfs/ownertable"
+	"github.com/layerfs/layerfs/statoverride"
 	"github.com/layerfs/layerfs/whiteout"
 )
 
@@ -37,6 +41,9 @@ const (
 	ProblemCorrupt       = "corrupt"        // export does not reproduce the diffID
 	ProblemUnrecorded    = "unrecorded"     // a file in the layer that its tar never had
 	ProblemMissingLayer  = "missing-layer"  // an image names a layer that is gone
+	// ProblemOwnerTable: the layer's special-owners table is unreadable,
+	// or names a path the layer lacks or holds as another type.
+	ProblemOwnerTable = "owner-table"
 )
 
 // CheckProgress is told about each layer as Check verifies it.
@@ -95,6 +102,9 @@ func (s *Store) Check(ctx context.Context, progress CheckProgress) ([]Problem, e
 		}
 		for _, e := range extra {
 			problems = append(problems, Problem{id, ProblemUnrecorded, e + " is not in the layer's tar"})
+		}
+		for _, d := range s.checkOwnerTable(l) {
+			problems = append(problems, Problem{id, ProblemOwnerTable, d})
 		}
 	}
 	images, err := s.Images()
@@ -242,4 +252,59 @@ func (s *Store) GC(ctx context.Context) ([]string, error) {
 		removed = append(removed, o.ID)
 	}
 	return removed, nil
+}
+
+// checkOwnerTable checks that every entry of the layer's special-owners
+// table names an object of the layer of the type it records.
+func (s *Store) checkOwnerTable(l *Layer) []string {
+	t, info, err := ownertable.ReadFile(s.OwnerTable(l.ChainID))
+	if err != nil {
+		return []string{err.Error()}
+	}
+	var out []string
+	if info.Torn {
+		out = append(out, ownertable.FileName+" ends inside a line")
+	}
+	diff, err := os.Open(s.DiffDir(l.ChainID))
+	if err != nil {
+		return append(out, err.Error())
+	}
+	defer diff.Close()
+	paths := make([]string, 0, len(t))
+	for p := range t {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	for _, p := range paths {
+		rec := t[p]
+		var st unix.Stat_t
+		switch err := lstatBeneath(int(diff.Fd()), p, &st); {
+		case err != nil:
+			out = append(out, fmt.Sprintf("%s names %q, which the layer lacks (%v)", ownertable.FileName, p, err))
+		case !ownertable.NeedsTable(st.Mode):
+			out = append(out, fmt.Sprintf("%s names %q, which is not a symlink, FIFO or socket in the layer (mode %#o)", ownertable.FileName, p, st.Mode))
+		case rec.HasType() && rec.Mode&unix.S_IFMT != st.Mode&unix.S_IFMT:
+			out = append(out, fmt.Sprintf("%s records %q as %s, the layer holds mode %#o", ownertable.FileName, p, statoverride.Format(rec), st.Mode))
+		}
+	}
+	return out
+}
+
+// lstatBeneath is lstat of name inside the directory dirFd, following no
+// symlink on the way.
+func lstatBeneath(dirFd int, name string, st *unix.Stat_t) error {
+	dir, base := path.Split(name)
+	fd := dirFd
+	if dir != "" {
+		var err error
+		fd, err = unix.Openat2(dirFd, dir, &unix.OpenHow{
+			Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+		})
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+	}
+	return unix.Fstatat(fd, base, st, unix.AT_SYMLINK_NOFOLLOW)
 }

@@ -22,6 +22,27 @@ import (
 
 // Diff lists what a view changed on top of its layers.
 func (s *Store) Diff(ctx context.Context, ref string) (*View, []changes.Change, error) {
+	return s.DiffWithOptions(ctx, ref, DiffOptions{})
+}
+
+// KernelIndexFunc reads the hardlink index kernel overlayfs (index=on)
+// keeps in a view's work dir while it has the view mounted: the view
+// paths that only the index serves, the upper having no name there, each
+// mapped to the index entry holding the object (changes.WriteOptions'
+// IndexedNames). It must not write into the upper or the work dir, which
+// belong to the live mount. The graph knows nothing of overlayfs's
+// formats: the caller gives it (fusefs.KernelIndexNames).
+type KernelIndexFunc func(ctx context.Context, d ViewDirs) (map[string]string, error)
+
+// DiffOptions tune DiffWithOptions.
+type DiffOptions struct {
+	// KernelIndex, when set, is read for a view the kernel driver has
+	// mounted right now, so the diff lists the names its index serves.
+	KernelIndex KernelIndexFunc
+}
+
+// DiffWithOptions is Diff with options.
+func (s *Store) DiffWithOptions(ctx context.Context, ref string, opts DiffOptions) (*View, []changes.Change, error) {
 	v, err := s.View(ref)
 	if err != nil {
 		return nil, nil, err
@@ -30,7 +51,11 @@ func (s *Store) Diff(ctx context.Context, ref string) (*View, []changes.Change, 
 	if err != nil {
 		return nil, nil, err
 	}
-	list, err := changes.Diff(ctx, d.Upper, d.Lowers)
+	names, err := s.kernelIndexNames(ctx, v, d, opts.KernelIndex)
+	if err != nil {
+		return nil, nil, fmt.Errorf("diff view %s: %w", v.ID, err)
+	}
+	list, err := changes.DiffWithOptions(ctx, d.Upper, d.Lowers, changes.DiffOptions{IndexedNames: names})
 	if err != nil {
 		return nil, nil, fmt.Errorf("diff view %s: %w", v.ID, err)
 	}
@@ -46,6 +71,11 @@ type CommitOptions struct {
 	// Keep leaves the view as it was; otherwise it moves onto the new
 	// layer with an empty upper (which needs it unmounted).
 	Keep bool
+	// KernelIndex, when set, is read for a view the kernel driver has
+	// mounted right now (Keep), so the layer holds the names of lower
+	// hardlink groups that only the kernel's index serves, with their new
+	// data. Without it such names keep the lower's data in the layer.
+	KernelIndex KernelIndexFunc
 }
 
 // commitAttempts bounds the retries of a commit whose upper kept changing.
@@ -56,7 +86,10 @@ const commitAttempts = 3
 // in place, and the commit only stands if nothing in the upper changed
 // while it was read (every entry's ctime is older than the start); else it
 // starts over, up to three times. What is committed is therefore the
-// upper as it was at one instant.
+// upper as it was at one instant. For a view the kernel driver has
+// mounted, opts.KernelIndex adds the names the kernel's index serves; the
+// index entries read count as part of the upper in that check. Nothing is
+// written into the upper or the work dir.
 func (s *Store) Commit(ctx context.Context, ref string, opts CommitOptions) (*Layer, *Image, error) {
 	v, err := s.View(ref)
 	if err != nil {
@@ -82,7 +115,7 @@ func (s *Store) Commit(ctx context.Context, ref string, opts CommitOptions) (*La
 	var layer *Layer
 	for attempt := 1; ; attempt++ {
 		var changed bool
-		layer, changed, err = s.commitOnce(ctx, v, d)
+		layer, changed, err = s.commitOnce(ctx, v, d, opts.KernelIndex)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -111,14 +144,22 @@ func (s *Store) Commit(ctx context.Context, ref string, opts CommitOptions) (*La
 // commitOnce registers the upper's tar and reports whether the upper
 // changed meanwhile (the layer is then a candidate only: registering it is
 // harmless, it is content-addressed and the next attempt may reuse it).
-func (s *Store) commitOnce(ctx context.Context, v *View, d ViewDirs) (*Layer, bool, error) {
+func (s *Store) commitOnce(ctx context.Context, v *View, d ViewDirs, kernelIndex KernelIndexFunc) (*Layer, bool, error) {
 	start, err := fsNow(filepath.Dir(d.Upper))
 	if err != nil {
 		return nil, false, err
 	}
+	// Read after the start: a kernel change to the index meanwhile
+	// changes the upper too (a name linked or whited out, or the data of
+	// the upper copy), which the check below sees.
+	names, err := s.kernelIndexNames(ctx, v, d, kernelIndex)
+	if err != nil {
+		return nil, false, fmt.Errorf("commit view %s: %w", v.ID[:12], err)
+	}
 	pr, pw := io.Pipe()
 	go func() {
-		pw.CloseWithError(changes.WriteLayer(ctx, pw, d.Upper, d.Lowers, changes.WriteOptions{Logger: s.log}))
+		pw.CloseWithError(changes.WriteLayer(ctx, pw, d.Upper, d.Lowers, changes.WriteOptions{Logger: s.log,
+			UpperOwnerTable: d.UpperOwnerTable, LowerOwnerTables: d.LowerOwnerTables, IndexedNames: names}))
 	}()
 	layer, existed, err := s.Register(ctx, pr, RegisterOptions{Parent: v.Parent.String()})
 	pr.CloseWithError(errors.New("commit ended"))
@@ -128,6 +169,13 @@ func (s *Store) commitOnce(ctx context.Context, v *View, d ViewDirs) (*Layer, bo
 	changed, err := changedSince(d.Upper, start)
 	if err != nil {
 		return nil, false, err
+	}
+	// An index entry with no upper name left is not in that walk.
+	changed = changed || entriesChangedSince(names, start)
+	var tst unix.Stat_t
+	if unix.Stat(d.UpperOwnerTable, &tst) == nil && !changed {
+		// A chown recorded in the table changes nothing in the upper.
+		changed = tst.Ctim.Sec > start.Sec || tst.Ctim.Sec == start.Sec && tst.Ctim.Nsec >= start.Nsec
 	}
 	if changed && !existed {
 		// A torn candidate: nobody may use it.
@@ -180,6 +228,45 @@ func changedSince(dir string, t unix.Timespec) (bool, error) {
 		return false, fmt.Errorf("commit: check the upper: %w", err)
 	}
 	return changed, nil
+}
+
+// kernelIndexNames runs read when the kernel driver has v mounted (with an
+// upper) right now; otherwise the upper describes the view alone, or the
+// caller linked the index's names into it (fusefs.AdoptKernelIndex).
+func (s *Store) kernelIndexNames(ctx context.Context, v *View, d ViewDirs, read KernelIndexFunc) (map[string]string, error) {
+	if read == nil {
+		return nil, nil
+	}
+	mounts, err := s.Mounts()
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range mounts {
+		if m.View == v.ID && m.Driver == "kernel" && !m.ReadOnly && m.State == StateMounted {
+			return read(ctx, d)
+		}
+	}
+	return nil, nil
+}
+
+// entriesChangedSince reports whether a file names maps to has a ctime
+// at or after t, or is gone.
+func entriesChangedSince(names map[string]string, t unix.Timespec) bool {
+	seen := map[string]bool{}
+	for _, p := range names {
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return true
+		}
+		if st.Ctim.Sec > t.Sec || st.Ctim.Sec == t.Sec && st.Ctim.Nsec >= t.Nsec {
+			return true
+		}
+	}
+	return false
 }
 
 func goarch() string { return runtime.GOARCH }

@@ -21,6 +21,7 @@ import (
 	"github.com/layerfs/layerfs/apply"
 	"github.com/layerfs/layerfs/compression"
 	"github.com/layerfs/layerfs/layertar"
+	"github.com/layerfs/layerfs/ownertable"
 )
 
 // Layer is a layer's record (layers/<hex>/layer.json).
@@ -74,6 +75,13 @@ func (s *Store) tarSplitPath(id digest.Digest) string {
 // DiffDir is the directory holding the layer's files: what a union or
 // kernel overlay mount stacks as a lower.
 func (s *Store) DiffDir(id digest.Digest) string { return filepath.Join(s.layerDir(id), layerDiffDir) }
+
+// OwnerTable is the layer's special-owners table (package ownertable):
+// the owners and modes of a rootless layer's symlinks and FIFOs, which
+// cannot carry the override_stat xattr. Absent when there are none.
+func (s *Store) OwnerTable(id digest.Digest) string {
+	return filepath.Join(s.layerDir(id), ownertable.FileName)
+}
 
 // RegisterOptions tune Register.
 type RegisterOptions struct {
@@ -197,6 +205,12 @@ func (s *Store) applyInto(ctx context.Context, dir string, r io.Reader) (*Layer,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("register layer: %w", err)
+	}
+	if res.SpecialOwners != nil {
+		// Staged with the layer: Register syncs and renames them as one.
+		if err := ownertable.WriteFile(filepath.Join(dir, ownertable.FileName), res.SpecialOwners); err != nil {
+			return nil, fmt.Errorf("register layer: %w", err)
+		}
 	}
 	// The decompressor may stop at the end of its stream; read the rest
 	// of the source so a verifying reader below sees its EOF and checks.

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/layerfs/layerfs/ownertable"
 )
 
 // View is a writable layer on top of a layer chain: an upper and a work
@@ -42,19 +44,55 @@ func (s *Store) viewDir(id string) string { return filepath.Join(s.root, viewsDi
 type ViewDirs struct {
 	Lowers      []string // top first
 	Upper, Work string
+	// LowerOwnerTables are the special-owners tables of Lowers (same
+	// order; a file may be absent: no entries), UpperOwnerTable the
+	// upper's (in the work dir, so it goes when the view is reset): see
+	// package ownertable and fusefs.Options.
+	LowerOwnerTables []string
+	UpperOwnerTable  string
 }
 
 // Dirs returns the lowers, upper and work dir of v.
 func (s *Store) Dirs(v *View) (ViewDirs, error) {
-	chain, err := s.Chain(v.Parent)
-	if err != nil {
+	d := ViewDirs{Upper: filepath.Join(s.viewDir(v.ID), "upper"), Work: filepath.Join(s.viewDir(v.ID), "work")}
+	d.UpperOwnerTable = filepath.Join(d.Work, ownertable.FileName)
+	if err := s.addChain(&d, v.Parent); err != nil {
 		return ViewDirs{}, fmt.Errorf("view %s: %w", v.ID, err)
 	}
-	d := ViewDirs{Upper: filepath.Join(s.viewDir(v.ID), "upper"), Work: filepath.Join(s.viewDir(v.ID), "work")}
-	for _, l := range chain {
-		d.Lowers = append(d.Lowers, s.DiffDir(l.ChainID))
+	return d, nil
+}
+
+// LayerDirs returns the lowers of a read-only mount of layer id and its
+// ancestors.
+func (s *Store) LayerDirs(id digest.Digest) (ViewDirs, error) {
+	var d ViewDirs
+	if err := s.addChain(&d, id); err != nil {
+		return ViewDirs{}, err
 	}
 	return d, nil
+}
+
+// addChain appends the layer dirs (and tables) of id and its ancestors.
+func (s *Store) addChain(d *ViewDirs, id digest.Digest) error {
+	chain, err := s.Chain(id)
+	if err != nil {
+		return err
+	}
+	for _, l := range chain {
+		d.Lowers = append(d.Lowers, s.DiffDir(l.ChainID))
+		d.LowerOwnerTables = append(d.LowerOwnerTables, s.OwnerTable(l.ChainID))
+	}
+	return nil
+}
+
+// ReadOnly turns a view's dirs into those of a read-only mount: the upper
+// becomes the top lower, its table the top lower's.
+func (d ViewDirs) ReadOnly() ViewDirs {
+	ro := ViewDirs{
+		Lowers:           append([]string{d.Upper}, d.Lowers...),
+		LowerOwnerTables: append([]string{d.UpperOwnerTable}, d.LowerOwnerTables...),
+	}
+	return ro
 }
 
 // ResolveBase finds what a view can be made from: an image (by name or

@@ -244,12 +244,14 @@ func (v *View) mount() error {
 		}
 	case Fuse:
 		opts := fusefs.Options{
-			Lowers:         v.dirs.Lowers,
-			Upper:          v.dirs.Upper,
-			Work:           v.dirs.Work,
-			XattrNamespace: v.xattrNamespace(),
-			FsName:         "layerfs-viewtest",
-			Logger:         v.cfg.logger,
+			Lowers:           v.dirs.Lowers,
+			Upper:            v.dirs.Upper,
+			Work:             v.dirs.Work,
+			LowerOwnerTables: v.dirs.LowerOwnerTables,
+			UpperOwnerTable:  v.dirs.UpperOwnerTable,
+			XattrNamespace:   v.xattrNamespace(),
+			FsName:           "layerfs-viewtest",
+			Logger:           v.cfg.logger,
 		}
 		if os.Geteuid() != 0 {
 			opts.ExtraMountOptions = []string{"nosuid", "nodev"}

@@ -87,12 +87,18 @@ func serveOverlay(c *overlayopts.Command, args []string, stderr io.Writer) error
 		log.Info("driver chosen", "kernel", useKernel, "why", why)
 	}
 	if useKernel {
-		// The kernel keeps the mount: nothing to serve.
-		_, err := overlay.Mount(c.Mountpoint, kernelOptions(c))
+		// The kernel keeps the mount: nothing to serve. MountView, as
+		// `layerfs mount` does: an upper indexed against other inodes
+		// is mounted again without the index.
+		res, err := overlay.MountView(c.Mountpoint, kernelOptions(c))
 		if err != nil {
 			err = fmt.Errorf("kernel overlay mount of %s: %w", c.Mountpoint, err)
 			notifier.Fail(err)
 			return err
+		}
+		log.Debug("kernel overlay mounted", "options", res.Options, "kernel", res.SuperOptions)
+		for _, d := range res.Dropped {
+			log.Warn("kernel overlay without "+d.Feature, "why", d.Reason)
 		}
 		notifier.Ready()
 		return nil
@@ -114,6 +120,7 @@ func serveOverlay(c *overlayopts.Command, args []string, stderr io.Writer) error
 		notifier.Fail(err)
 		return err
 	}
+	fusefs.TuneScheduler() // after Mount: go-fuse has sized its readers
 	notifier.Ready()
 	daemon.ServeUntilSignal(srv, func(format string, a ...any) { log.Warn(fmt.Sprintf(format, a...)) })
 	return nil
@@ -139,22 +146,16 @@ func chooseDriver(c *overlayopts.Command) (kernel bool, why string) {
 	return false, probe.Reason
 }
 
-// kernelOptions maps the command onto kernel overlayfs: the features that
-// make lower-directory renames and hardlinks work, userxattr inside a user
-// namespace.
+// kernelOptions maps the command onto kernel overlayfs with the options
+// of a `layerfs mount` view (overlay.ViewOptions): redirect_dir=on and
+// index=on (with nfs_export=off, so a module default of nfs_export=Y does
+// not index every copy-up) where the kernel allows them, userxattr inside
+// a user namespace; then the command's own mount options.
 func kernelOptions(c *overlayopts.Command) overlay.Options {
 	o := c.Options
-	userns := overlay.InUserNamespace()
-	ko := overlay.Options{
-		Lowers:       o.Lowers,
-		Upper:        o.Upper,
-		Work:         o.Work,
-		ReadOnly:     o.ReadOnly,
-		UserXattr:    userns,
-		RedirectDir:  !userns,
-		Index:        !userns && o.Upper != "",
-		ExtraOptions: o.ExtraMountOptions,
-	}
+	ko := overlay.ViewOptions(o.Lowers, o.Upper, o.Work, overlay.InUserNamespace())
+	ko.ReadOnly = o.ReadOnly
+	ko.ExtraOptions = append(ko.ExtraOptions, o.ExtraMountOptions...)
 	if c.Volatile && o.Upper != "" {
 		ko.ExtraOptions = append(ko.ExtraOptions, "volatile")
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -228,8 +229,11 @@ func (p *mountPlan) resolve(c *cli.Context, s *graph.Store, ref string) error {
 		}
 		p.dirs = d
 		if p.ro {
-			p.dirs.Upper, p.dirs.Work = "", ""
-			p.dirs.Lowers = append([]string{filepath.Join(s.Root(), "views", v.ID, "upper")}, p.dirs.Lowers...)
+			// Read-only, the upper is a lower: nothing reads the
+			// work dir, so first link in the names a kernel mount
+			// left in its index, as a writable mount does.
+			settleView(c, s, v.ID)
+			p.dirs = d.ReadOnly()
 		}
 		return nil
 	}
@@ -239,14 +243,8 @@ func (p *mountPlan) resolve(c *cli.Context, s *graph.Store, ref string) error {
 	}
 	if p.ro {
 		p.layer = layer.String()
-		chain, err := s.Chain(layer)
-		if err != nil {
-			return err
-		}
-		for _, l := range chain {
-			p.dirs.Lowers = append(p.dirs.Lowers, s.DiffDir(l.ChainID))
-		}
-		return nil
+		p.dirs, err = s.LayerDirs(layer)
+		return err
 	}
 	v, err := s.CreateView(c.Context, ref, graph.CreateViewOptions{Name: c.String("name"), Temporary: p.temp})
 	if err != nil {
@@ -362,6 +360,16 @@ func adoptKernelIndex(c *cli.Context, s *graph.Store, v *graph.View) error {
 		XattrNamespace: s.Namespace(), Logger: logger(c)})
 }
 
+// kernelIndexReader reads, without writing, the hardlink index of a view
+// the kernel driver has mounted right now (fusefs.KernelIndexNames), for
+// diff and commit --keep: adoptKernelIndex must leave such a view alone.
+func kernelIndexReader(c *cli.Context, s *graph.Store) graph.KernelIndexFunc {
+	return func(_ context.Context, d graph.ViewDirs) (map[string]string, error) {
+		return fusefs.KernelIndexNames(fusefs.Options{Lowers: d.Lowers, Upper: d.Upper, Work: d.Work,
+			XattrNamespace: s.Namespace(), Logger: logger(c)})
+	}
+}
+
 // mountFuse starts the union daemon (re-executing this command in the
 // foreground) or, in the foreground or the daemon itself, serves it.
 func mountFuse(c *cli.Context, s *graph.Store, p mountPlan) error {
@@ -399,15 +407,17 @@ func mountFuse(c *cli.Context, s *graph.Store, p mountPlan) error {
 		return nil
 	}
 	opts := fusefs.Options{
-		Lowers:         p.dirs.Lowers,
-		Upper:          p.dirs.Upper,
-		Work:           p.dirs.Work,
-		ReadOnly:       p.ro,
-		XattrNamespace: s.Namespace(),
-		FsName:         "layerfs",
-		Debug:          c.Bool("debug"),
-		Logger:         logger(c),
-		AllowOther:     c.Bool("allow-other"),
+		Lowers:           p.dirs.Lowers,
+		Upper:            p.dirs.Upper,
+		Work:             p.dirs.Work,
+		LowerOwnerTables: p.dirs.LowerOwnerTables,
+		UpperOwnerTable:  p.dirs.UpperOwnerTable,
+		ReadOnly:         p.ro,
+		XattrNamespace:   s.Namespace(),
+		FsName:           "layerfs",
+		Debug:            c.Bool("debug"),
+		Logger:           logger(c),
+		AllowOther:       c.Bool("allow-other"),
 	}
 	if os.Geteuid() != 0 {
 		// Rootless mounts never honour setuid bits or device nodes.
@@ -420,6 +430,7 @@ func mountFuse(c *cli.Context, s *graph.Store, p mountPlan) error {
 		notifier.Fail(err)
 		return err
 	}
+	fusefs.TuneScheduler() // after Mount: go-fuse has sized its readers
 	if err := s.AddMount(p.record(s, "fuse", os.Getpid())); err != nil {
 		srv.Unmount()
 		notifier.Fail(err)
@@ -603,7 +614,7 @@ func diffCommand() *cli.Command {
 				return err
 			}
 			settleView(c, s, c.Args().First())
-			_, list, err := s.Diff(c.Context, c.Args().First())
+			_, list, err := s.DiffWithOptions(c.Context, c.Args().First(), graph.DiffOptions{KernelIndex: kernelIndexReader(c, s)})
 			if err != nil {
 				return err
 			}
@@ -650,7 +661,8 @@ starts over otherwise), so the layer is the upper as it was at one instant.`,
 			}
 			settleView(c, s, c.Args().First())
 			l, img, err := s.Commit(c.Context, c.Args().First(), graph.CommitOptions{
-				Name: c.String("name"), Message: c.String("message"), Keep: c.Bool("keep")})
+				Name: c.String("name"), Message: c.String("message"), Keep: c.Bool("keep"),
+				KernelIndex: kernelIndexReader(c, s)})
 			if err != nil {
 				return err
 			}

@@ -3,6 +3,8 @@ package e2e
 import (
 	"archive/tar"
 	"encoding/json"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -437,16 +439,15 @@ func TestHardlinksAndRenamesAcrossDrivers(t *testing.T) {
 			}
 			appendFile(t, filepath.Join(mnt, "data/a"), "new\n")
 			must(t, os.Rename(filepath.Join(mnt, "ren"), filepath.Join(mnt, "ren2")))
-			if order[0] == "kernel" {
-				// A group under a directory the kernel renamed: the union
-				// finds its other name through the kernel's index and
-				// redirect. (The reverse, a group the union copies up
-				// under a directory it renamed, lives in the union's own
-				// index, which the kernel does not read: fusefs's
-				// "Known limits".)
-				must(t, os.Rename(filepath.Join(mnt, "hl"), filepath.Join(mnt, "hl2")))
-				appendFile(t, filepath.Join(mnt, "hl2/x"), "more\n")
-			}
+			// A group written through a directory renamed by the same
+			// driver: under the kernel, the union finds the other name
+			// through the kernel's index and redirect; under the union,
+			// the kernel finds every name linked to the copy in the
+			// upper (or, for a group the union must copy up through its
+			// own index, in the kernel's index, which the union writes
+			// too: fusefs TestKernelReadsUnionIndex).
+			must(t, os.Rename(filepath.Join(mnt, "hl"), filepath.Join(mnt, "hl2")))
+			appendFile(t, filepath.Join(mnt, "hl2/x"), "more\n")
 			group := []string{"data/a", "data/b", "other/c"}
 			ino := sameInode(t, order[0], mnt, "data\nnew\n", group...)
 			before := snapshot(t, mnt)
@@ -469,9 +470,7 @@ func TestHardlinksAndRenamesAcrossDrivers(t *testing.T) {
 				// group, as the kernel does.
 				t.Errorf("st_ino %d under the union, %d under the kernel", got, ino)
 			}
-			if order[0] == "kernel" {
-				sameInode(t, order[1], again, "x\nmore\n", "hl2/x", "hl2/y")
-			}
+			sameInode(t, order[1], again, "x\nmore\n", "hl2/x", "hl2/y")
 			s.ok(nil, "umount", again)
 
 			// The commit reads the upper alone: every name of the group
@@ -479,10 +478,137 @@ func TestHardlinksAndRenamesAcrossDrivers(t *testing.T) {
 			s.ok(nil, "commit", "links")
 			committed := s.mountView("links", "fuse")
 			sameInode(t, "after commit", committed, "data\nnew\n", group...)
-			if order[0] == "kernel" {
-				sameInode(t, "after commit", committed, "x\nmore\n", "hl2/x", "hl2/y")
-			}
+			sameInode(t, "after commit", committed, "x\nmore\n", "hl2/x", "hl2/y")
 			s.ok(nil, "umount", committed)
 		})
+	}
+}
+
+// A view the kernel driver has mounted right now can be diffed and
+// committed with --keep: the names of a lower hardlink group that only the
+// kernel's index serves (the kernel links into the upper only the name the
+// write came through) are in the diff and in the layer, as hardlinks of the
+// copied-up name with its new data, and nothing is written into the upper
+// or the work dir of the live mount.
+func TestCommitKeepOfKernelMountedView(t *testing.T) {
+	testutil.NeedRootOnly(t, "kernel overlayfs with index=on outside a user namespace")
+	s := storeWithHardlinks(t)
+	view := s.ok(nil, "create", "--name", "links", "links:1").lastLine()
+	mnt := s.mountView("links", "kernel")
+	var m []struct {
+		KernelOptions []string `json:"kernelOptions"`
+	}
+	must(t, json.Unmarshal([]byte(s.ok(nil, "mounts", "--json").stdout), &m))
+	testutil.Need(t, len(m) == 1 && slices.Contains(m[0].KernelOptions, "index=on"), "kernel overlayfs with index=on")
+	appendFile(t, filepath.Join(mnt, "data/a"), "new\n")
+	viewDir := filepath.Join(s.root, "views", view)
+	if _, err := os.Lstat(filepath.Join(viewDir, "upper/data/b")); err == nil {
+		t.Fatal("the kernel linked data/b into the upper: nothing for the commit to add")
+	}
+	upper, work := filepath.Join(viewDir, "upper"), filepath.Join(viewDir, "work")
+	before := dirState(t, upper, work)
+
+	diff := strings.Split(strings.TrimSpace(s.ok(nil, "diff", "links").stdout), "\n")
+	for _, want := range []string{"C /data/a", "C /data/b", "C /other", "C /other/c"} {
+		if !slices.Contains(diff, want) {
+			t.Errorf("diff of the mounted view lacks %q: %q", want, diff)
+		}
+	}
+	layer := s.ok(nil, "commit", "--keep", "links").lastLine()
+	sameTree(t, "upper and work of the live mount", before, dirState(t, upper, work))
+
+	tr := tar.NewReader(strings.NewReader(s.ok(nil, "export", layer).stdout))
+	got := map[string]*tar.Header{}
+	var data string
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			break
+		}
+		got[h.Name] = h
+		if h.Name == "data/a" {
+			b := new(strings.Builder)
+			if _, err := io.Copy(b, tr); err != nil {
+				t.Fatal(err)
+			}
+			data = b.String()
+		}
+	}
+	if a := got["data/a"]; a == nil || a.Typeflag != tar.TypeReg || data != "data\nnew\n" {
+		t.Fatalf("layer: data/a %+v holds %q, want a file with the new data", a, data)
+	}
+	for _, n := range []string{"data/b", "other/c"} {
+		if h := got[n]; h == nil || h.Typeflag != tar.TypeLink || h.Linkname != "data/a" {
+			t.Errorf("layer: %s is %+v, want a hardlink to data/a", n, h)
+		}
+	}
+	if got["other/"] == nil {
+		t.Error("layer lacks other/, the directory of other/c")
+	}
+	// The mount goes on serving the group.
+	sameInode(t, "kernel after commit --keep", mnt, "data\nnew\n", "data/a", "data/b", "other/c")
+}
+
+// dirState describes every object under the roots for a check that
+// nothing changed them: type, inode, link count, size, ctime and xattrs.
+func dirState(t *testing.T, roots ...string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, root := range roots {
+		dirStateOf(t, root, out)
+	}
+	return out
+}
+
+func dirStateOf(t *testing.T, root string, out map[string]string) {
+	t.Helper()
+	must(t, filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		desc := fmt.Sprintf("mode=%o ino=%d nlink=%d size=%d ctime=%d.%09d", st.Mode, st.Ino, st.Nlink, st.Size, st.Ctim.Sec, st.Ctim.Nsec)
+		buf := make([]byte, 64<<10)
+		if n, err := unix.Llistxattr(p, buf); err == nil {
+			for _, name := range strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00") {
+				if name == "" {
+					continue
+				}
+				v := make([]byte, 64<<10)
+				vn, _ := unix.Lgetxattr(p, name, v)
+				desc += fmt.Sprintf(" %s=%x", name, v[:max(vn, 0)])
+			}
+		}
+		out[p] = desc
+		return nil
+	}))
+}
+
+// TestReadOnlyUnionAfterKernelMount: a read-only union view reads no work
+// dir, so the names a kernel mount served from its index (here: the
+// kernel mount went away behind the store's back, with no layerfs umount
+// to settle the view) must be linked into the upper before it mounts.
+func TestReadOnlyUnionAfterKernelMount(t *testing.T) {
+	testutil.NeedRootOnly(t, "kernel overlayfs with index=on outside a user namespace")
+	s := storeWithHardlinks(t)
+	s.ok(nil, "create", "--name", "links", "links:1")
+	kmnt := s.mountView("links", "kernel")
+	var m []struct {
+		KernelOptions []string `json:"kernelOptions"`
+	}
+	must(t, json.Unmarshal([]byte(s.ok(nil, "mounts", "--json").stdout), &m))
+	testutil.Need(t, len(m) == 1 && slices.Contains(m[0].KernelOptions, "index=on"), "kernel overlayfs with index=on")
+	appendFile(t, filepath.Join(kmnt, "data/a"), "new\n")
+	must(t, unix.Unmount(kmnt, 0))
+
+	rmnt := s.mountView("links", "fuse", "--ro")
+	for _, n := range []string{"data/a", "data/b", "other/c"} {
+		b, err := os.ReadFile(filepath.Join(rmnt, n))
+		if err != nil || string(b) != "data\nnew\n" {
+			t.Errorf("read-only union: %s holds %q, %v; want the data written through the kernel mount", n, b, err)
+		}
 	}
 }

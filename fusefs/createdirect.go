@@ -1,0 +1,153 @@
+package fusefs
+
+import (
+	"context"
+	"errors"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/whiteout"
+)
+
+// The common create needs no work dir. Overlayfs itself creates straight
+// in the upper dir (ovl_create_upper) unless a whiteout sits at the name,
+// and so do we when, in addition, the object the upper file system makes
+// for the daemon already has the owner the caller must get: then there is
+// no window in which a half-made object (wrong owner, no ACL yet) could
+// be seen or survive a crash that the work-dir path closes. Everything
+// else (a whiteout or .wh. file at the name, a caller other than the
+// daemon's own IDs) takes the atomic path in ops.go.
+//
+// It saves most of a create's syscalls: no parent stat, no existence
+// probe (O_EXCL is the probe), no chown, no rename, and no reading back
+// of xattrs a new object cannot have.
+
+// errNotDirect says the fast path does not apply; the caller takes the
+// atomic one. It is never returned to the kernel.
+var errNotDirect = errors.New("not a direct create")
+
+// directSpot readies d for a direct create of name and returns the new
+// object's upper path, or errNotDirect.
+func (u *union) directSpot(ctx context.Context, d *node, name string) (string, syscall.Errno, error) {
+	if u.readOnly || u.upper == nil {
+		return "", syscall.EROFS, nil
+	}
+	if whiteout.ClassifyName(name).Kind != whiteout.None {
+		return "", syscall.EINVAL, nil
+	}
+	if !u.ownsNatively(ctx) {
+		return "", 0, errNotDirect
+	}
+	if errno := u.copyUpDir(d); errno != 0 {
+		return "", errno, nil
+	}
+	drel, ok := d.upperRel()
+	if !ok {
+		return "", syscall.ENOENT, nil
+	}
+	rel := join(drel, name)
+	d.mu.Lock()
+	noWhFiles := d.upperMadeHereLocked() && !u.whFilesWritten.Load()
+	d.mu.Unlock()
+	if !noWhFiles && hasWhFile(u.upper, rel) {
+		return "", 0, errNotDirect
+	}
+	return rel, 0, nil
+}
+
+// ownsNatively reports whether an object the daemon makes gets the
+// caller's on-disk owner and group without a chown: the caller maps to
+// the daemon's own IDs (or to none, which leaves the owner alone as
+// setNewOwner does). A set-group-ID parent gives its group either way.
+func (u *union) ownsNatively(ctx context.Context) bool {
+	uid, gid := u.owner(ctx)
+	return (uid < 0 || uid == u.euid) && (gid < 0 || gid == u.egid)
+}
+
+// createDirect is Create's fast path; errNotDirect sends the caller to
+// the atomic path.
+func (d *node) createDirect(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno, error) {
+	u := d.u
+	rel, errno, err := u.directSpot(ctx, d, name)
+	if err != nil || errno != 0 {
+		return nil, nil, 0, errno, err
+	}
+	dir, _ := splitRel(rel)
+	obj := u.newObjectMode(ctx, u.upper.path(dir), mode, false)
+	oflags := int(flags)&^(unix.O_APPEND|unix.O_CREAT|unix.O_EXCL|fuse.FMODE_EXEC) | unix.O_CLOEXEC | unix.O_NOFOLLOW
+	fd, err := unix.Openat(u.upper.fd, rel, oflags|unix.O_CREAT|unix.O_EXCL, obj.mode)
+	if errors.Is(err, unix.EEXIST) {
+		// A whiteout (or a real object: the atomic path tells which).
+		return nil, nil, 0, 0, errNotDirect
+	}
+	if err != nil {
+		return nil, nil, 0, fs.ToErrno(err), nil
+	}
+	var st unix.Stat_t
+	err = u.applyNewObject(u.upper.path(rel), fd, obj)
+	if err == nil {
+		err = unix.Fstat(fd, &st)
+	}
+	if err != nil {
+		unix.Close(fd)
+		unix.Unlinkat(u.upper.fd, rel, 0)
+		return nil, nil, 0, fs.ToErrno(err), nil
+	}
+	ch := d.freshChild(ctx, name, &st, out)
+	cn := ch.Operations().(*node)
+	cn.mu.Lock()
+	cn.upperNoCaps = true // nobody set any yet
+	cn.mu.Unlock()
+	fh, fl := u.newHandleFlags(cn, fd, true, oflags&unix.O_ACCMODE != unix.O_RDONLY, rel)
+	return ch, fh, fl, 0, nil
+}
+
+// mkdirDirect is Mkdir's fast path; errNotDirect sends the caller to the
+// atomic path.
+func (d *node) mkdirDirect(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno, error) {
+	u := d.u
+	rel, errno, err := u.directSpot(ctx, d, name)
+	if err != nil || errno != 0 {
+		return nil, errno, err
+	}
+	dir, _ := splitRel(rel)
+	obj := u.newObjectMode(ctx, u.upper.path(dir), mode, true)
+	if err := unix.Mkdirat(u.upper.fd, rel, obj.mode); errors.Is(err, unix.EEXIST) {
+		return nil, 0, errNotDirect
+	} else if err != nil {
+		return nil, fs.ToErrno(err), nil
+	}
+	var st unix.Stat_t
+	err = u.applyNewObject(u.upper.path(rel), -1, obj)
+	if err == nil {
+		err = u.upper.lstat(rel, &st)
+	}
+	if err != nil {
+		unix.Unlinkat(u.upper.fd, rel, unix.AT_REMOVEDIR)
+		return nil, fs.ToErrno(err), nil
+	}
+	ch := d.freshChild(ctx, name, &st, out)
+	ch.Operations().(*node).markUpperMadeHere()
+	return ch, 0, nil
+}
+
+// freshChild registers an object this request made in the upper, with
+// attributes from st: it has no origin, override or nlink records to
+// read back.
+func (d *node) freshChild(ctx context.Context, name string, st *unix.Stat_t, out *fuse.EntryOut) *fs.Inode {
+	u := d.u
+	f := &found{st: *st, upper: true, lowerLayer: -1, lowerRel: join(d.dirLowerRel(), name)}
+	ino := u.inos.ino(st.Dev, st.Ino)
+	child := u.newNodeFor(f, d.dirLowerRel(), name)
+	ch := d.NewInode(ctx, child, u.stableFor(f, ino))
+	out.Attr.FromStat(toSyscallStat(st))
+	out.Attr.Ino = ino
+	out.Attr.Uid = u.uids.toView(out.Attr.Uid)
+	out.Attr.Gid = u.gids.toView(out.Attr.Gid)
+	out.SetEntryTimeout(u.opts.Timeout)
+	out.SetAttrTimeout(u.opts.Timeout)
+	return ch
+}
