@@ -448,14 +448,20 @@ func (d *node) childNode(ctx context.Context, name string) (*node, syscall.Errno
 	return ch.Operations().(*node), 0
 }
 
+// removable resolves name in d for unlink or rmdir; a read-only view
+// answers EROFS.
+func (u *union) removable(d *node, name string) (*found, syscall.Errno) {
+	if u.readOnly || u.upper == nil {
+		return nil, syscall.EROFS
+	}
+	return u.resolve(d, name)
+}
+
 func (d *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	u := d.u
 	// Names of lower hardlink groups may go: recount them.
 	defer u.viewGen.Add(1)
-	if u.readOnly || u.upper == nil {
-		return syscall.EROFS
-	}
-	f, errno := u.resolve(d, name)
+	f, errno := u.removable(d, name)
 	if errno != 0 {
 		return errno
 	}
@@ -540,10 +546,7 @@ func (d *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	u := d.u
 	// Names of lower hardlink groups may go: recount them.
 	defer u.viewGen.Add(1)
-	if u.readOnly || u.upper == nil {
-		return syscall.EROFS
-	}
-	f, errno := u.resolve(d, name)
+	f, errno := u.removable(d, name)
 	if errno != 0 {
 		return errno
 	}
@@ -626,22 +629,7 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 		}
 	} else {
 		if hasUID || hasGID {
-			du, dg := -1, -1
-			if hasUID {
-				v, ok := u.uids.toDisk(uid)
-				if !ok {
-					return syscall.EINVAL
-				}
-				du = int(v)
-			}
-			if hasGID {
-				v, ok := u.gids.toDisk(gid)
-				if !ok {
-					return syscall.EINVAL
-				}
-				dg = int(v)
-			}
-			if err := unix.Fchownat(unix.AT_FDCWD, path, du, dg, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if err := u.chownNative(path, hasUID, uid, hasGID, gid); err != nil { // ownertable.go
 				return fs.ToErrno(err)
 			}
 		}

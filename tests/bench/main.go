@@ -31,6 +31,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -98,7 +99,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	cold := fs.Bool("cold", true, "let cold measurements drop the whole page cache before every run (needs root; they are warm otherwise)")
 	workdir := fs.String("workdir", "", "directory for scratch data; its filesystem is what is measured (default /var/tmp, else $TMPDIR)")
 	keep := fs.Bool("keep", false, "keep the scratch directory and the generated inputs (to profile by hand)")
-	layerfsBin := fs.String("layerfs", "bin/layerfs", "layerfs binary to measure (make build)")
+	layerfsBin := fs.String("layerfs", "", "layerfs binary to measure (default: ./cmd/layerfs built into bin/layerfs first, so the figures are the tree's)")
 	verbose := fs.Bool("v", false, "log every timed run")
 	runners := map[string]runFunc{}
 	for _, s := range sections {
@@ -125,6 +126,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if *layerfsBin == "" {
+		// A binary left by an earlier `make build` would measure old
+		// code under today's date.
+		*layerfsBin = filepath.Join("bin", "layerfs")
+		build := exec.CommandContext(ctx, "go", "build", "-o", *layerfsBin, "./cmd/layerfs")
+		if out, err := build.CombinedOutput(); err != nil {
+			return fmt.Errorf("build %s: %w: %s", *layerfsBin, err, out)
+		}
+	}
 	bin, err := filepath.Abs(*layerfsBin)
 	if err != nil {
 		return err
