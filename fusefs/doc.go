@@ -199,8 +199,8 @@
 // mounter's) goes straight into the upper dir, as overlayfs's does
 // (createdirect.go); the others are built in the work dir and renamed.
 // Handles are FOPEN_NOFLUSH (close(2) sends no FLUSH: it would do nothing
-// on a local upper), READ and WRITE carry up to 1 MiB, and reads under
-// 64 KiB are a pread rather than a splice through a pipe. Upper files use FUSE
+// on a local upper), and reads under 64 KiB are a pread rather than a
+// splice through a pipe. Upper files use FUSE
 // passthrough where the kernel (6.9+) and privileges allow it (root;
 // inside a user namespace the kernel refuses and reads go through the
 // daemon); with Debug, every open logs which path it took. Requests are
