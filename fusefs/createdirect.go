@@ -15,9 +15,10 @@ import (
 // The common create needs no work dir. Overlayfs itself creates straight
 // in the upper dir (ovl_create_upper) unless a whiteout sits at the name,
 // and so do we when, in addition, the object the upper file system makes
-// for the daemon already has the owner the caller must get: then there is
-// no window in which a half-made object (wrong owner, no ACL yet) could
-// be seen or survive a crash that the work-dir path closes. Everything
+// for the daemon already has the owner the caller must get: no chown
+// follows, and the upper file system applies the parent's default ACL
+// itself, so at worst a crash leaves a new, empty object whose mode the
+// daemon's umask narrowed (applyNewObject widens it right after). Everything
 // else (a whiteout or .wh. file at the name, a caller other than the
 // daemon's own IDs) takes the atomic path in ops.go.
 //
