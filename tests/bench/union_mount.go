@@ -164,7 +164,14 @@ func overlayOptions(spec viewSpec) string {
 // layerfs-overlay by that name).
 func (m *mounter) mountFuse(ctx context.Context, lm *liveMount, bin, argv0 string) error {
 	args := []string{"-o", overlayOptions(lm.spec), lm.dir}
-	cmd := exec.CommandContext(ctx, bin, args...)
+	// Not cancelled with ctx: both programs fork a daemon and return once
+	// it has mounted (or failed), so one killed half way could leave a
+	// daemon that mounts after the caller looked, and the mount would be
+	// left behind. Let it finish; the caller notices ctx afterwards and
+	// unmounts what is recorded.
+	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(mctx, bin, args...)
 	cmd.Args[0] = argv0
 	out, err := cmd.CombinedOutput()
 	if err != nil {
