@@ -26,7 +26,7 @@ func (n *node) capabilityGetxattr(attr string, dest []byte) (sz uint32, errno sy
 		return 0, 0, false
 	}
 	n.mu.Lock()
-	none := n.upperNoCaps
+	none := n.upperNoRecords
 	n.mu.Unlock()
 	if none {
 		return 0, syscall.ENODATA, true

@@ -100,7 +100,7 @@ func (d *node) createDirect(ctx context.Context, name string, flags, mode uint32
 	ch := d.freshChild(ctx, name, &st, out)
 	cn := ch.Operations().(*node)
 	cn.mu.Lock()
-	cn.upperNoCaps = true // nobody set any yet
+	cn.upperNoRecords = true // nobody set any yet
 	cn.mu.Unlock()
 	fh, fl := u.newHandleFlags(cn, fd, true, oflags&unix.O_ACCMODE != unix.O_RDONLY, rel)
 	return ch, fh, fl, 0, nil

@@ -37,11 +37,13 @@ type node struct {
 	// kernel's frequent probes of one that has none (security.*, on
 	// every ls -l and write) cost no syscall.
 	lowerXattrs xattrsKnown
-	// upperNoCaps: the upper object was made by this mount and nobody
-	// set an xattr on it since, so the kernel's security.capability probe
-	// before every write needs no syscall.
-	upperNoCaps bool
-	x           *nodeExtra
+	// upperNoRecords: the upper object is a regular file this mount made
+	// and nothing set an xattr on it since, so it has no override_stat
+	// record and no kept capability: the kernel's security.capability
+	// probe before every write, and GETATTR and SETATTR (tar -x sets
+	// times, owner and mode of every file), read none.
+	upperNoRecords bool
+	x              *nodeExtra
 }
 
 // nodeExtra is the state few nodes need. Directories get one when made
@@ -371,6 +373,9 @@ func (n *node) getattr(fh fs.FileHandle, out *fuse.Attr) syscall.Errno {
 	// A lower object without xattrs has no override record either: no
 	// getxattr on every GETATTR (one follows each read, for the atime).
 	mayHaveXattrs := !lowerOnly || indexed || n.lowerHasXattrsLocked(l)
+	if errno == 0 && l.upper && n.upperNoRecords {
+		mayHaveXattrs = false
+	}
 	n.mu.Unlock()
 	var st unix.Stat_t
 	if hf := asHandle(fh); hf != nil {

@@ -603,7 +603,14 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 	if err := unix.Lstat(path, &st); err != nil {
 		return fs.ToErrno(err)
 	}
-	ov, hasOv, _ := statoverride.Get(path)
+	var ov statoverride.Stat
+	hasOv := false
+	n.mu.Lock()
+	noRecords := n.upperNoRecords && l.upper
+	n.mu.Unlock()
+	if !noRecords {
+		ov, hasOv, _ = statoverride.Get(path)
+	}
 	mode, hasMode := in.GetMode()
 	uid, hasUID := in.GetUID()
 	gid, hasGID := in.GetGID()
@@ -690,7 +697,7 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 		return syscall.EOPNOTSUPP
 	}
 	n.mu.Lock()
-	n.upperNoCaps = false // whatever the name: an unknown one may be a kept capability
+	n.upperNoRecords = false // whatever the name: an unknown one may be a kept capability
 	n.mu.Unlock()
 	if errno := u.copyUp(n, false); errno != 0 {
 		return errno
