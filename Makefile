@@ -40,12 +40,7 @@ e2e: build
 # Targets are found in the sources: `go test -list` would link a test
 # binary for every package just to ask.
 fuzz:
-	@set -e; for pkg in $$(grep -l '^func Fuzz[A-Za-z0-9_]*([a-z]* \*testing\.F)' $$(find . -name '*_test.go' -not -path './.git/*') | xargs -n1 dirname | sort -u); do \
-		for f in $$(grep -h -o '^func Fuzz[A-Za-z0-9_]*([a-z]* \*testing\.F)' $$pkg/*_test.go | sed 's/^func //; s/(.*//'); do \
-			echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
-			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 50x $$pkg; \
-		done; \
-	done
+	GO=$(GO) FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
 
 bench: build
 	$(GO) run ./tests/bench -out docs/BENCHMARKS.md
