@@ -1,13 +1,13 @@
 package fusefs
 
 import (
-	"os"
-	"strings"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/internal/userns"
 )
 
 // Who checks permissions in a view.
@@ -24,22 +24,8 @@ import (
 // the same effect by running as root of the container's user namespace.
 // Access (access(2), chdir) then answers from the same credentials.
 
-// privilegedMounter reports whether this process is root in the initial
-// user namespace.
-func privilegedMounter() bool {
-	if os.Geteuid() != 0 {
-		return false
-	}
-	m, err := os.ReadFile("/proc/self/uid_map")
-	if err != nil {
-		return false
-	}
-	f := strings.Fields(string(m))
-	return len(f) == 3 && f[0] == "0" && f[1] == "0" && f[2] == "4294967295"
-}
-
 // kernelChecksPermissions is the rule above.
-func kernelChecksPermissions(o *Options) bool { return o.AllowOther || privilegedMounter() }
+func kernelChecksPermissions(o *Options) bool { return o.AllowOther || userns.PrivilegedRoot() }
 
 // permissionMountOptions are the mount options the rule asks for.
 func permissionMountOptions(o *Options) []string {

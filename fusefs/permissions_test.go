@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/layerfs/layerfs/internal/testutil"
+	"github.com/layerfs/layerfs/internal/userns"
 	"github.com/layerfs/layerfs/statoverride"
 	"github.com/layerfs/layerfs/whiteout"
 )
@@ -47,7 +48,7 @@ func hasOption(opts []string, o string) bool {
 // mounts with default_permissions, with or without allow_other.
 func TestRootKeepsDefaultPermissions(t *testing.T) {
 	needFuse(t)
-	testutil.Need(t, privilegedMounter(), "needs root in the initial user namespace")
+	testutil.Need(t, userns.PrivilegedRoot(), "needs root in the initial user namespace")
 	for _, allowOther := range []bool{false, true} {
 		lowers, upper, work := layerDirs(t, 1)
 		mnt := mountT(t, Options{Lowers: lowers, Upper: upper, Work: work, AllowOther: allowOther})
@@ -108,7 +109,7 @@ func TestMounterDecidesChild(t *testing.T) {
 	if base == "" {
 		t.Skip("run by TestMounterDecides")
 	}
-	if privilegedMounter() {
+	if userns.PrivilegedRoot() {
 		t.Fatal("the child runs as root of the initial user namespace")
 	}
 	l0, up, wk, mnt, romnt := filepath.Join(base, "l0"), filepath.Join(base, "u"), filepath.Join(base, "w"), filepath.Join(base, "m"), filepath.Join(base, "ro")

@@ -30,10 +30,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/layerfs/layerfs/internal/userns"
 	"github.com/layerfs/layerfs/whiteout"
 )
 
@@ -90,17 +90,7 @@ func DefaultRoot() (string, error) {
 // Privileged reports whether the process is root in the initial user
 // namespace, the only place trusted.* xattrs, arbitrary chown and device
 // nodes are all available.
-func Privileged() bool {
-	if os.Geteuid() != 0 {
-		return false
-	}
-	m, err := os.ReadFile("/proc/self/uid_map")
-	if err != nil {
-		return false
-	}
-	f := strings.Fields(string(m))
-	return len(f) == 3 && f[0] == "0" && f[1] == "0" && f[2] == "4294967295"
-}
+func Privileged() bool { return userns.PrivilegedRoot() }
 
 // Open opens the store at root, creating it if needed, and cleans up what
 // dead processes left half done.

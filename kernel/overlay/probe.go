@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/internal/userns"
 )
 
 // ProbeOptions says what to try.
@@ -187,10 +189,6 @@ func explainProbe(opts ProbeOptions, err error) string {
 // InUserNamespace reports whether this process runs in a user namespace
 // other than the initial one.
 func InUserNamespace() bool {
-	b, err := os.ReadFile("/proc/self/uid_map")
-	if err != nil {
-		return false
-	}
-	f := strings.Fields(string(b))
-	return !(len(f) == 3 && f[0] == "0" && f[1] == "0" && f[2] == "4294967295")
+	initial, ok := userns.Initial()
+	return ok && !initial
 }
