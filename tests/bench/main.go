@@ -219,3 +219,11 @@ func defaultWorkBase() string {
 	}
 	return os.TempDir()
 }
+
+// orDefault sets a section flag left at zero ("the default for the mode")
+// to that default.
+func orDefault(v *int, def int) {
+	if *v == 0 {
+		*v = def
+	}
+}

@@ -37,18 +37,10 @@ func (c storeConfig) resolve(quick bool) storeConfig {
 	if quick {
 		def = storeConfig{smallFiles: 2000, largeFiles: 2, largeMiB: 32, mixedPackages: 10}
 	}
-	if c.smallFiles == 0 {
-		c.smallFiles = def.smallFiles
-	}
-	if c.largeFiles == 0 {
-		c.largeFiles = def.largeFiles
-	}
-	if c.largeMiB == 0 {
-		c.largeMiB = def.largeMiB
-	}
-	if c.mixedPackages == 0 {
-		c.mixedPackages = def.mixedPackages
-	}
+	orDefault(&c.smallFiles, def.smallFiles)
+	orDefault(&c.largeFiles, def.largeFiles)
+	orDefault(&c.largeMiB, def.largeMiB)
+	orDefault(&c.mixedPackages, def.mixedPackages)
 	return c
 }
 

@@ -42,25 +42,20 @@ func (c unionConfig) resolve(quick bool) unionConfig {
 		def = unionConfig{files: 5000, readFiles: 2000, layers: 5, deepLayers: 64, dirEntries: 5000, dirLayers: 4, seqMiB: 64,
 			randomReads: 500, createFiles: 1000, copyupFiles: 1, copyupMiB: 16, rmFiles: 500, renameFiles: 200, untarFiles: 1000}
 	}
-	pick := func(v *int, d int) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	pick(&c.files, def.files)
-	pick(&c.readFiles, def.readFiles)
-	pick(&c.layers, def.layers)
-	pick(&c.deepLayers, def.deepLayers)
-	pick(&c.dirEntries, def.dirEntries)
-	pick(&c.dirLayers, def.dirLayers)
-	pick(&c.seqMiB, def.seqMiB)
-	pick(&c.randomReads, def.randomReads)
-	pick(&c.createFiles, def.createFiles)
-	pick(&c.copyupFiles, def.copyupFiles)
-	pick(&c.copyupMiB, def.copyupMiB)
-	pick(&c.rmFiles, def.rmFiles)
-	pick(&c.renameFiles, def.renameFiles)
-	pick(&c.untarFiles, def.untarFiles)
+	orDefault(&c.files, def.files)
+	orDefault(&c.readFiles, def.readFiles)
+	orDefault(&c.layers, def.layers)
+	orDefault(&c.deepLayers, def.deepLayers)
+	orDefault(&c.dirEntries, def.dirEntries)
+	orDefault(&c.dirLayers, def.dirLayers)
+	orDefault(&c.seqMiB, def.seqMiB)
+	orDefault(&c.randomReads, def.randomReads)
+	orDefault(&c.createFiles, def.createFiles)
+	orDefault(&c.copyupFiles, def.copyupFiles)
+	orDefault(&c.copyupMiB, def.copyupMiB)
+	orDefault(&c.rmFiles, def.rmFiles)
+	orDefault(&c.renameFiles, def.renameFiles)
+	orDefault(&c.untarFiles, def.untarFiles)
 	return c
 }
 

@@ -327,13 +327,17 @@ func (b *unionBench) checkCopyUp(r *unionRun) error {
 	return nil
 }
 
-// renameDir is ren/ in a view, the run's own copy in the plain dir.
-func (b *unionBench) renameDir(r *unionRun) string {
+// ownCopy is dir in a view, the run's own copy of it in the plain dir
+// (a workload that changes the tree needs a fresh one every run there).
+func ownCopy(r *unionRun, dir string) string {
 	if r.kind == kindPlain {
-		return filepath.Join(r.root, "ren-"+repTag(r.rep))
+		return filepath.Join(r.root, dir+"-"+repTag(r.rep))
 	}
-	return filepath.Join(r.root, "ren")
+	return filepath.Join(r.root, dir)
 }
+
+// renameDir is ren/ (ownCopy).
+func (b *unionBench) renameDir(r *unionRun) string { return ownCopy(r, "ren") }
 
 func (b *unionBench) rename(ctx context.Context, r *unionRun) (time.Duration, error) {
 	dir := b.renameDir(r)
@@ -384,13 +388,8 @@ func (b *unionBench) checkUntar(r *unionRun) error {
 	return err
 }
 
-// rmDir is rm/ in a view, the run's own copy in the plain dir.
-func (b *unionBench) rmDir(r *unionRun) string {
-	if r.kind == kindPlain {
-		return filepath.Join(r.root, "rm-"+repTag(r.rep))
-	}
-	return filepath.Join(r.root, "rm")
-}
+// rmDir is rm/ (ownCopy).
+func (b *unionBench) rmDir(r *unionRun) string { return ownCopy(r, "rm") }
 
 func (b *unionBench) rmTree(ctx context.Context, r *unionRun) (time.Duration, error) {
 	cpu, _, err := command(ctx, "rm", "-rf", b.rmDir(r))

@@ -39,15 +39,9 @@ func (c viewsConfig) resolve(quick bool) viewsConfig {
 	if quick {
 		def = viewsConfig{layers: 16, imageFiles: 5000, commitFiles: 5000}
 	}
-	if c.layers == 0 {
-		c.layers = def.layers
-	}
-	if c.imageFiles == 0 {
-		c.imageFiles = def.imageFiles
-	}
-	if c.commitFiles == 0 {
-		c.commitFiles = def.commitFiles
-	}
+	orDefault(&c.layers, def.layers)
+	orDefault(&c.imageFiles, def.imageFiles)
+	orDefault(&c.commitFiles, def.commitFiles)
 	return c
 }
 
