@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -517,24 +516,8 @@ func TestCommitKeepOfKernelMountedView(t *testing.T) {
 	layer := s.ok(nil, "commit", "--keep", "links").lastLine()
 	sameTree(t, "upper and work of the live mount", before, dirState(t, upper, work))
 
-	tr := tar.NewReader(strings.NewReader(s.ok(nil, "export", layer).stdout))
-	got := map[string]*tar.Header{}
-	var data string
-	for {
-		h, err := tr.Next()
-		if err != nil {
-			break
-		}
-		got[h.Name] = h
-		if h.Name == "data/a" {
-			b := new(strings.Builder)
-			if _, err := io.Copy(b, tr); err != nil {
-				t.Fatal(err)
-			}
-			data = b.String()
-		}
-	}
-	if a := got["data/a"]; a == nil || a.Typeflag != tar.TypeReg || data != "data\nnew\n" {
+	got, contents := layerEntries(t, s.ok(nil, "export", layer).stdout)
+	if a, data := got["data/a"], contents["data/a"]; a == nil || a.Typeflag != tar.TypeReg || data != "data\nnew\n" {
 		t.Fatalf("layer: data/a %+v holds %q, want a file with the new data", a, data)
 	}
 	for _, n := range []string{"data/b", "other/c"} {

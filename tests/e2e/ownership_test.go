@@ -4,10 +4,8 @@ import (
 	"archive/tar"
 	"bytes"
 	"encoding/json"
-	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -158,19 +156,7 @@ func TestViewOfOwnTreeWriteCommitExport(t *testing.T) {
 		t.Fatal("umount left the view mounted")
 	}
 	layer := s.ok(nil, "commit", view).lastLine()
-	got := map[string]string{}
-	tr := tar.NewReader(bytes.NewReader([]byte(s.ok(nil, "export", layer).stdout)))
-	for {
-		h, err := tr.Next()
-		if err != nil {
-			break
-		}
-		data := make([]byte, h.Size)
-		if _, err := io.ReadFull(tr, data); err != nil {
-			t.Fatal(err)
-		}
-		got[strings.TrimPrefix(h.Name, "./")] = string(data)
-	}
+	_, got := layerEntries(t, s.ok(nil, "export", layer).stdout)
 	for name, want := range map[string]string{"work/keep": "changed\n", "work/.wh.drop": "", "work/cache/.wh..wh..opq": "", "work/new": "new\n"} {
 		if v, ok := got[name]; !ok || v != want {
 			t.Errorf("committed layer: %s = %q (present %v), want %q; layer holds %v", name, v, ok, want, got)

@@ -67,15 +67,7 @@ stat -c '%u:%g:%a' etc/hostname home/user/new`, "M="+mnt)
 	// The commit has the changes as root's, and ping's file capability
 	// (kept in a user.* xattr by the plain user's store) as the real one.
 	layer := u.layerfs(store, "commit", "mine").lastLine()
-	committed := map[string]*tar.Header{}
-	tr := tar.NewReader(strings.NewReader(u.layerfs(store, "export", layer).stdout))
-	for {
-		h, err := tr.Next()
-		if err != nil {
-			break
-		}
-		committed[strings.TrimPrefix(h.Name, "./")] = h
-	}
+	committed, _ := layerEntries(t, u.layerfs(store, "export", layer).stdout)
 	if h := committed["etc/hostname"]; h == nil || h.Uid != 0 || h.Mode != 0o600 {
 		t.Errorf("committed etc/hostname: %+v, want root's with mode 0600", h)
 	}

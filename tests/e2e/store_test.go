@@ -42,6 +42,29 @@ func must(t *testing.T, err error) {
 	}
 }
 
+// layerEntries reads an exported layer: every entry's header and data by
+// name ("./" trimmed). A stream that does not parse fails t.
+func layerEntries(t *testing.T, stream string) (hdrs map[string]*tar.Header, data map[string]string) {
+	t.Helper()
+	hdrs, data = map[string]*tar.Header{}, map[string]string{}
+	tr := tar.NewReader(strings.NewReader(stream))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return hdrs, data
+		}
+		if err != nil {
+			t.Fatalf("read the exported layer: %v", err)
+		}
+		b, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatalf("read %s of the exported layer: %v", h.Name, err)
+		}
+		name := strings.TrimPrefix(h.Name, "./")
+		hdrs[name], data[name] = h, string(b)
+	}
+}
+
 func gnuTar(t *testing.T, dir string, args ...string) []byte {
 	t.Helper()
 	testutil.NeedTool(t, "tar")

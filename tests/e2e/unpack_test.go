@@ -171,15 +171,7 @@ stat -c '%n %u:%g %a' bin/sh.moved opt/link-1000 opt/link-nobody opt/new-link op
 	}
 	u.layerfs(store, "umount", mnt)
 	layer := u.layerfs(store, "commit", "mine").lastLine()
-	committed := map[string]*tar.Header{}
-	tr := tar.NewReader(strings.NewReader(u.layerfs(store, "export", layer).stdout))
-	for {
-		h, err := tr.Next()
-		if err != nil {
-			break
-		}
-		committed[strings.TrimPrefix(h.Name, "./")] = h
-	}
+	committed, _ := layerEntries(t, u.layerfs(store, "export", layer).stdout)
 	for _, tc := range []struct {
 		name     string
 		typ      byte
