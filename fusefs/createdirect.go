@@ -51,7 +51,7 @@ func (u *union) directSpot(ctx context.Context, d *node, name string) (string, s
 	}
 	rel := join(drel, name)
 	d.mu.Lock()
-	noWhFiles := d.upperMadeHereLocked() && !u.whFilesWritten.Load()
+	noWhFiles := d.noWhFilesLocked()
 	d.mu.Unlock()
 	if !noWhFiles && hasWhFile(u.upper, rel) {
 		return "", 0, errNotDirect
@@ -102,7 +102,7 @@ func (d *node) createDirect(ctx context.Context, name string, flags, mode uint32
 	cn.mu.Lock()
 	cn.upperNoRecords = true // nobody set any yet
 	cn.mu.Unlock()
-	fh, fl := u.newHandleFlags(cn, fd, true, oflags&unix.O_ACCMODE != unix.O_RDONLY, rel)
+	fh, fl := u.newHandle(cn, fd, oflags, true, rel)
 	return ch, fh, fl, 0, nil
 }
 

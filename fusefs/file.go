@@ -46,26 +46,17 @@ var (
 	_ fs.FilePassthroughFder = ptHandle{}
 )
 
-// newHandle wraps fd and chooses the I/O path: passthrough for upper files
-// where allowed, page-cache reads kept across opens for lower files.
-func (u *union) newHandle(n *node, fd int, upper bool, rel string) (fs.FileHandle, uint32) {
-	writable := false
-	if fa, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil {
-		writable = fa&unix.O_ACCMODE != unix.O_RDONLY
-	}
-	return u.newHandleFlags(n, fd, upper, writable, rel)
-}
-
-// newHandleFlags is newHandle for a caller that knows whether fd is
-// open for writing.
+// newHandle wraps fd, open with open(2) flags oflags, and chooses the I/O
+// path: passthrough for upper files where allowed, page-cache reads kept
+// across opens for lower files.
 //
 // Every handle is FOPEN_NOFLUSH: a FLUSH would only close a duplicate of
 // the backing descriptor, which does nothing on the local file systems
 // an upper can live on (overlayfs refuses NFS uppers too) and releases
 // none of the open-file-description locks the handles use; without it
 // close(2) costs no round trip to the daemon.
-func (u *union) newHandleFlags(n *node, fd int, upper, writable bool, rel string) (fs.FileHandle, uint32) {
-	h := &fileHandle{fd: fd, upper: upper, n: n, writable: writable}
+func (u *union) newHandle(n *node, fd int, oflags int, upper bool, rel string) (fs.FileHandle, uint32) {
+	h := &fileHandle{fd: fd, upper: upper, n: n, writable: oflags&unix.O_ACCMODE != unix.O_RDONLY}
 	fl := uint32(fuse.FOPEN_NOFLUSH)
 	n.mu.Lock()
 	defer n.mu.Unlock()

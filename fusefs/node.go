@@ -99,8 +99,12 @@ func (n *node) more() *nodeExtra {
 // hold n.mu.
 func (n *node) indexedLocked() bool { return n.x != nil && n.x.indexed }
 
-// upperMadeHereLocked: see nodeExtra.upperMadeHere. Callers hold n.mu.
-func (n *node) upperMadeHereLocked() bool { return n.x != nil && n.x.upperMadeHere }
+// noWhFilesLocked reports whether directory n's upper copy holds no
+// ".wh." files: this mount made it (nodeExtra.upperMadeHere) and never had
+// to write a whiteout as one. Callers hold n.mu.
+func (n *node) noWhFilesLocked() bool {
+	return n.x != nil && n.x.upperMadeHere && !n.u.whFilesWritten.Load()
+}
 
 // markUpperMadeHere records that this mount just made directory n's
 // upper copy.

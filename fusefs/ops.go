@@ -185,7 +185,7 @@ func (d *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, errno
 	}
 	cn := ch.Operations().(*node)
-	fh, fl := u.newHandle(cn, fd, true, s.rel)
+	fh, fl := u.newHandle(cn, fd, oflags, true, s.rel)
 	return ch, fh, fl, 0
 }
 
@@ -765,7 +765,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	if err != nil {
 		return nil, 0, fs.ToErrno(err)
 	}
-	fh, fl := u.newHandleFlags(n, fd, l.upper, flags&unix.O_ACCMODE != unix.O_RDONLY, l.rel)
+	fh, fl := u.newHandle(n, fd, oflags, l.upper, l.rel)
 	return fh, fl, 0
 }
 
@@ -807,6 +807,6 @@ func (d *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	u.fillAttr(path, &st, ino, &out.Attr)
 	out.SetEntryTimeout(u.opts.Timeout)
 	out.SetAttrTimeout(u.opts.Timeout)
-	fh, fl := u.newHandle(cn, fd, true, "(O_TMPFILE)")
+	fh, fl := u.newHandle(cn, fd, oflags, true, "(O_TMPFILE)")
 	return ch, fh, fl, 0
 }

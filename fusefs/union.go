@@ -212,7 +212,7 @@ func (u *union) resolve(d *node, name string) (*found, syscall.Errno) {
 	index := u.nameIndex(d)
 	d.mu.Lock()
 	ds := dirState{hasUpper: d.hasUpper, lowers: d.lowerDirs(), lowerRel: d.dirLowerRel(), index: index}
-	ds.noWhFiles = d.upperMadeHereLocked() && !u.whFilesWritten.Load()
+	ds.noWhFiles = d.noWhFilesLocked()
 	d.mu.Unlock()
 	if ds.hasUpper && u.upper != nil {
 		urel, ok := d.upperRel()
