@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/internal/mountinfo"
 )
 
 var (
@@ -270,7 +272,7 @@ func superOptions(target string) ([]string, error) {
 		}
 		fields := strings.Fields(pre)
 		tail := strings.Fields(post)
-		if len(fields) < 5 || len(tail) < 3 || tail[0] != "overlay" || unescapeMountinfo(fields[4]) != target {
+		if len(fields) < 5 || len(tail) < 3 || tail[0] != "overlay" || mountinfo.Unescape(fields[4]) != target {
 			continue
 		}
 		found, ok = nil, true
@@ -287,23 +289,4 @@ func superOptions(target string) ([]string, error) {
 		return nil, fmt.Errorf("%s: no overlay mount there in /proc/self/mountinfo", target)
 	}
 	return found, nil
-}
-
-// unescapeMountinfo undoes the kernel's octal escapes (\040 for a space).
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

@@ -36,14 +36,6 @@ func TestEscapeOption(t *testing.T) {
 	}
 }
 
-func TestUnescapeMountinfo(t *testing.T) {
-	for in, want := range map[string]string{`/a\040b`: "/a b", `/plain`: "/plain", `/t\011`: "/t\t", `/x\`: `/x\`} {
-		if got := unescapeMountinfo(in); got != want {
-			t.Errorf("unescapeMountinfo(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestMakePlan(t *testing.T) {
 	dir := t.TempDir()
 	l, u, w := mkdirs(t, dir, "l"), mkdirs(t, dir, "u"), mkdirs(t, dir, "w")

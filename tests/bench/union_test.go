@@ -152,21 +152,6 @@ func unmountEverythingUnder(t *testing.T, dir string) {
 	}
 }
 
-func TestUnescapeOctal(t *testing.T) {
-	tests := []struct{ in, want string }{
-		{"/plain/path", "/plain/path"},
-		{`/with\040space`, "/with space"},
-		{`/tab\011and\134backslash`, "/tab\tand\\backslash"},
-		{`/short\04`, `/short\04`},
-		{`/not\xyzoctal`, `/not\xyzoctal`},
-	}
-	for _, tt := range tests {
-		if got := unescapeOctal(tt.in); got != tt.want {
-			t.Errorf("unescapeOctal(%q) = %q, want %q", tt.in, got, tt.want)
-		}
-	}
-}
-
 func TestLogValue(t *testing.T) {
 	line := `time=2026-01-01T00:00:00Z level=DEBUG msg=open path=big upper=false io="lower, cached"`
 	tests := []struct{ key, want string }{
