@@ -490,16 +490,7 @@ func TestHardlinksAndRenamesAcrossDrivers(t *testing.T) {
 // copied-up name with its new data, and nothing is written into the upper
 // or the work dir of the live mount.
 func TestCommitKeepOfKernelMountedView(t *testing.T) {
-	testutil.NeedRootOnly(t, "kernel overlayfs with index=on outside a user namespace")
-	s := storeWithHardlinks(t)
-	view := s.ok(nil, "create", "--name", "links", "links:1").lastLine()
-	mnt := s.mountView("links", "kernel")
-	var m []struct {
-		KernelOptions []string `json:"kernelOptions"`
-	}
-	must(t, json.Unmarshal([]byte(s.ok(nil, "mounts", "--json").stdout), &m))
-	testutil.Need(t, len(m) == 1 && slices.Contains(m[0].KernelOptions, "index=on"), "kernel overlayfs with index=on")
-	appendFile(t, filepath.Join(mnt, "data/a"), "new\n")
+	s, view, mnt := kernelIndexedView(t)
 	viewDir := filepath.Join(s.root, "views", view)
 	if _, err := os.Lstat(filepath.Join(viewDir, "upper/data/b")); err == nil {
 		t.Fatal("the kernel linked data/b into the upper: nothing for the commit to add")
@@ -530,6 +521,25 @@ func TestCommitKeepOfKernelMountedView(t *testing.T) {
 	}
 	// The mount goes on serving the group.
 	sameInode(t, "kernel after commit --keep", mnt, "data\nnew\n", "data/a", "data/b", "other/c")
+}
+
+// kernelIndexedView makes view "links" of storeWithHardlinks, mounts it
+// with the kernel driver (index=on, or the test is skipped) and appends
+// "new\n" to data/a through it: the kernel copies the group up into its
+// index and links only data/a into the upper.
+func kernelIndexedView(t *testing.T) (s *store, view, mnt string) {
+	t.Helper()
+	testutil.NeedRootOnly(t, "kernel overlayfs with index=on outside a user namespace")
+	s = storeWithHardlinks(t)
+	view = s.ok(nil, "create", "--name", "links", "links:1").lastLine()
+	mnt = s.mountView("links", "kernel")
+	var m []struct {
+		KernelOptions []string `json:"kernelOptions"`
+	}
+	must(t, json.Unmarshal([]byte(s.ok(nil, "mounts", "--json").stdout), &m))
+	testutil.Need(t, len(m) == 1 && slices.Contains(m[0].KernelOptions, "index=on"), "kernel overlayfs with index=on")
+	appendFile(t, filepath.Join(mnt, "data/a"), "new\n")
+	return s, view, mnt
 }
 
 // dirState describes every object under the roots for a check that
@@ -575,16 +585,7 @@ func dirStateOf(t *testing.T, root string, out map[string]string) {
 // kernel mount went away behind the store's back, with no layerfs umount
 // to settle the view) must be linked into the upper before it mounts.
 func TestReadOnlyUnionAfterKernelMount(t *testing.T) {
-	testutil.NeedRootOnly(t, "kernel overlayfs with index=on outside a user namespace")
-	s := storeWithHardlinks(t)
-	s.ok(nil, "create", "--name", "links", "links:1")
-	kmnt := s.mountView("links", "kernel")
-	var m []struct {
-		KernelOptions []string `json:"kernelOptions"`
-	}
-	must(t, json.Unmarshal([]byte(s.ok(nil, "mounts", "--json").stdout), &m))
-	testutil.Need(t, len(m) == 1 && slices.Contains(m[0].KernelOptions, "index=on"), "kernel overlayfs with index=on")
-	appendFile(t, filepath.Join(kmnt, "data/a"), "new\n")
+	s, _, kmnt := kernelIndexedView(t)
 	must(t, unix.Unmount(kmnt, 0))
 
 	rmnt := s.mountView("links", "fuse", "--ro")
