@@ -28,13 +28,8 @@ func haveGNUTar() bool {
 // operation with numeric ratios, and a section it did not run survives.
 func TestQuickRun(t *testing.T) {
 	testutil.Need(t, haveGNUTar(), "GNU tar is not installed")
-	goTool := testutil.NeedTool(t, "go")
 	tmp := t.TempDir()
-	bin := filepath.Join(tmp, "layerfs")
-	build := exec.Command(goTool, "build", "-o", bin, "github.com/layerfs/layerfs/cmd/layerfs")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build layerfs: %v\n%s", err, out)
-	}
+	bin := buildLayerfs(t, tmp)
 
 	out := filepath.Join(tmp, "BENCHMARKS.md")
 	other := "<!-- section:other -->\n## Another section\n\nkept as is\n<!-- /section:other -->\n"
@@ -73,7 +68,7 @@ func TestQuickRun(t *testing.T) {
 		t.Errorf("scratch data left behind in %s: %v", work, entries)
 	}
 
-	rows := storeRows(t, doc)
+	rows := sectionTable(t, doc, "store")
 	wantOps := []string{"import", "export", "import", "export", "import", "export"}
 	if len(rows) != len(wantOps) {
 		t.Fatalf("store table has %d rows, want %d:\n%s", len(rows), len(wantOps), doc)
@@ -101,39 +96,6 @@ func TestQuickRun(t *testing.T) {
 			t.Errorf("no row for workload %q", name)
 		}
 	}
-}
-
-// storeRows returns the cells of the store section's first table.
-func storeRows(t *testing.T, doc string) [][]string {
-	t.Helper()
-	i := strings.Index(doc, beginMarker("store"))
-	j := strings.Index(doc, endMarker("store"))
-	if i < 0 || j < i {
-		t.Fatalf("no store section in:\n%s", doc)
-	}
-	var rows [][]string
-	inTable := false
-	for _, line := range strings.Split(doc[i:j], "\n") {
-		if !strings.HasPrefix(line, "|") {
-			if inTable {
-				break
-			}
-			continue
-		}
-		if !inTable { // the header
-			inTable = true
-			continue
-		}
-		if strings.HasPrefix(line, "| ---") {
-			continue
-		}
-		var cells []string
-		for _, c := range strings.Split(strings.Trim(line, "|"), " | ") {
-			cells = append(cells, strings.TrimSpace(c))
-		}
-		rows = append(rows, cells)
-	}
-	return rows
 }
 
 func number(t *testing.T, s string) float64 {
@@ -203,13 +165,8 @@ func TestViewsSection(t *testing.T) {
 	testutil.Need(t, haveGNUTar(), "GNU tar is not installed")
 	_, err := os.Stat("/dev/fuse")
 	testutil.Need(t, err == nil, "needs /dev/fuse")
-	goTool := testutil.NeedTool(t, "go")
 	tmp := t.TempDir()
-	bin := filepath.Join(tmp, "layerfs")
-	build := exec.Command(goTool, "build", "-o", bin, "github.com/layerfs/layerfs/cmd/layerfs")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build layerfs: %v\n%s", err, out)
-	}
+	bin := buildLayerfs(t, tmp)
 	out := filepath.Join(tmp, "BENCHMARKS.md")
 	work := filepath.Join(tmp, "work")
 	if err := os.Mkdir(work, 0o755); err != nil {
@@ -288,6 +245,17 @@ func TestViewsSection(t *testing.T) {
 			t.Errorf("row %d: target %q met %q, want none", i, r[7], r[8])
 		}
 	}
+}
+
+// buildLayerfs builds cmd/layerfs into dir and returns the binary's path.
+func buildLayerfs(t *testing.T, dir string) string {
+	t.Helper()
+	goTool := testutil.NeedTool(t, "go")
+	bin := filepath.Join(dir, "layerfs")
+	if out, err := exec.Command(goTool, "build", "-o", bin, "github.com/layerfs/layerfs/cmd/layerfs").CombinedOutput(); err != nil {
+		t.Fatalf("build layerfs: %v\n%s", err, out)
+	}
+	return bin
 }
 
 // sectionTable returns the cells of section name's first table.

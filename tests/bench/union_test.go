@@ -39,12 +39,8 @@ func tinyUnionArgs(out, work, bin string) []string {
 // and that an interrupted run leaves no mount behind either.
 func TestUnionSection(t *testing.T) {
 	needUnionBench(t)
-	goTool := testutil.NeedTool(t, "go")
 	tmp := t.TempDir()
-	bin := filepath.Join(tmp, "layerfs")
-	if out, err := exec.Command(goTool, "build", "-o", bin, "github.com/layerfs/layerfs/cmd/layerfs").CombinedOutput(); err != nil {
-		t.Fatalf("build layerfs: %v\n%s", err, out)
-	}
+	bin := buildLayerfs(t, tmp)
 	work := filepath.Join(tmp, "work")
 	if err := os.Mkdir(work, 0o755); err != nil {
 		t.Fatal(err)
