@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -28,19 +27,7 @@ func TestHardlinkGroupUpperAlone(t *testing.T) {
 	if err := os.Link(filepath.Join(lowers[0], "a"), filepath.Join(lowers[0], "d/b")); err != nil {
 		t.Fatal(err)
 	}
-	mnt := t.TempDir()
-	srv, err := Mount(mnt, Options{Lowers: lowers, Upper: upper, Work: work, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mounted := true
-	t.Cleanup(func() {
-		if mounted {
-			if srv.Unmount() != nil {
-				unix.Unmount(mnt, unix.MNT_DETACH)
-			}
-		}
-	})
+	mnt, unmount := unionForUnmountT(t, Options{Lowers: lowers, Upper: upper, Work: work})
 	if err := os.WriteFile(filepath.Join(mnt, "a"), []byte("new"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -52,10 +39,7 @@ func TestHardlinkGroupUpperAlone(t *testing.T) {
 	if a, b := lstat(t, filepath.Join(mnt, "a")), lstat(t, filepath.Join(mnt, "d/b")); a.Ino != b.Ino || a.Nlink != 2 || b.Nlink != 2 {
 		t.Errorf("union: ino %d vs %d, nlink %d/%d, want one inode, nlink 2", a.Ino, b.Ino, a.Nlink, b.Nlink)
 	}
-	if err := srv.Unmount(); err != nil {
-		t.Fatal(err)
-	}
-	mounted = false
+	unmount()
 
 	// The upper alone holds the group: no link of it elsewhere.
 	ua, ub := lstat(t, filepath.Join(upper, "a")), lstat(t, filepath.Join(upper, "d/b"))

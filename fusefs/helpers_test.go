@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -103,4 +104,56 @@ func run(t testing.TB, name string, args ...string) string {
 // exec, when the parent has moved on.
 func commandIn(dir, name string, args ...string) *exec.Cmd {
 	return exec.Command("sh", append([]string{"-c", `cd -- "$0" && exec "$@"`, dir, name}, args...)...)
+}
+
+// unionForUnmountT mounts a union for a test that unmounts it partway
+// (unmount fails t on error); t.Cleanup unmounts it if the test did not.
+func unionForUnmountT(t testing.TB, opts Options) (mnt string, unmount func()) {
+	t.Helper()
+	needFuse(t)
+	mnt = t.TempDir()
+	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv, err := Mount(mnt, opts)
+	if err != nil {
+		t.Fatalf("Mount: %v", err)
+	}
+	mounted := true
+	t.Cleanup(func() {
+		if mounted && srv.Unmount() != nil {
+			unix.Unmount(mnt, unix.MNT_DETACH)
+		}
+	})
+	return mnt, func() {
+		t.Helper()
+		if err := srv.Unmount(); err != nil {
+			t.Fatal(err)
+		}
+		mounted = false
+	}
+}
+
+// kernelIndexMountT mounts kernel overlayfs with index=on (and
+// redirect_dir=on, nfs_export=off, as views do) over lowers, upper and work
+// at a temp dir, skipping the test where the kernel refuses, for a test
+// that unmounts it partway; t.Cleanup detaches it if the test did not.
+func kernelIndexMountT(t testing.TB, lowers []string, upper, work string) (mnt string, unmount func()) {
+	t.Helper()
+	mnt = t.TempDir()
+	data := "lowerdir=" + strings.Join(lowers, ":") + ",upperdir=" + upper + ",workdir=" + work + ",redirect_dir=on,index=on,nfs_export=off"
+	if err := unix.Mount("overlay", mnt, "overlay", 0, data); err != nil {
+		testutil.Need(t, false, "kernel overlayfs with index=on: "+err.Error())
+	}
+	mounted := true
+	t.Cleanup(func() {
+		if mounted {
+			unix.Unmount(mnt, unix.MNT_DETACH)
+		}
+	})
+	return mnt, func() {
+		t.Helper()
+		if err := unix.Unmount(mnt, 0); err != nil {
+			t.Fatal(err)
+		}
+		mounted = false
+	}
 }

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -99,26 +97,13 @@ func kernelIndexUpper(t *testing.T) (lowers []string, upper, work string) {
 		}
 	}
 	mustWrite(t, filepath.Join(lowers[1], "base"), "base\n")
-	mnt := t.TempDir()
-	data := "lowerdir=" + strings.Join(lowers, ":") + ",upperdir=" + upper + ",workdir=" + work + ",redirect_dir=on,index=on,nfs_export=off"
-	if err := unix.Mount("overlay", mnt, "overlay", 0, data); err != nil {
-		testutil.Need(t, false, "kernel overlayfs with index=on: "+err.Error())
-	}
-	mounted := true
-	t.Cleanup(func() {
-		if mounted {
-			unix.Unmount(mnt, unix.MNT_DETACH)
-		}
-	})
+	mnt, unmount := kernelIndexMountT(t, lowers, upper, work)
 	appendTo(t, filepath.Join(mnt, "a"), "new\n")
 	if err := os.Rename(filepath.Join(mnt, "ren"), filepath.Join(mnt, "ren2")); err != nil {
 		t.Fatal(err)
 	}
 	appendTo(t, filepath.Join(mnt, "ren2", "in"), "more\n")
-	if err := unix.Unmount(mnt, 0); err != nil {
-		t.Fatal(err)
-	}
-	mounted = false
+	unmount()
 	// The premise: the kernel left the other names to its index.
 	if _, err := os.Lstat(filepath.Join(upper, "b")); err == nil {
 		t.Fatal("the kernel linked b into the upper: nothing left to adopt")
@@ -306,37 +291,19 @@ func TestKernelReadsUnionIndex(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mnt := t.TempDir()
-	srv, err := Mount(mnt, Options{Lowers: lowers, Upper: upper, Work: work, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mounted := true
-	t.Cleanup(func() {
-		if mounted && srv.Unmount() != nil {
-			unix.Unmount(mnt, unix.MNT_DETACH)
-		}
-	})
+	mnt, unmount := unionForUnmountT(t, Options{Lowers: lowers, Upper: upper, Work: work})
 	if err := os.Rename(filepath.Join(mnt, "dir"), filepath.Join(mnt, "dir2")); err != nil {
 		t.Fatal(err)
 	}
 	appendTo(t, filepath.Join(mnt, "dir2/x"), "new\n")
 	names := []string{"dir2/x", "only/w"}
 	union := sameObject(t, "union", mnt, "old\nnew\n", names...)
-	if err := srv.Unmount(); err != nil {
-		t.Fatal(err)
-	}
-	mounted = false
+	unmount()
 	if _, err := os.Lstat(filepath.Join(upper, "only/w")); err == nil {
 		t.Fatal("the union linked only/w into the upper: the kernel's index has nothing to serve")
 	}
 
-	kmnt := t.TempDir()
-	data := "lowerdir=" + strings.Join(lowers, ":") + ",upperdir=" + upper + ",workdir=" + work + ",redirect_dir=on,index=on,nfs_export=off"
-	if err := unix.Mount("overlay", kmnt, "overlay", 0, data); err != nil {
-		testutil.Need(t, false, "kernel overlayfs with index=on: "+err.Error())
-	}
-	t.Cleanup(func() { unix.Unmount(kmnt, unix.MNT_DETACH) })
+	kmnt, unmountKernel := kernelIndexMountT(t, lowers, upper, work)
 	kernel := sameObject(t, "kernel", kmnt, "old\nnew\n", names...)
 	if kernel != union {
 		t.Errorf("kernel shows st_ino %d, st_nlink %d; the union showed %d, %d", kernel.Ino, kernel.Nlink, union.Ino, union.Nlink)
@@ -345,9 +312,7 @@ func TestKernelReadsUnionIndex(t *testing.T) {
 	// reads it afterwards.
 	appendTo(t, filepath.Join(kmnt, "only/w"), "kernel\n")
 	sameObject(t, "kernel", kmnt, "old\nnew\nkernel\n", names...)
-	if err := unix.Unmount(kmnt, 0); err != nil {
-		t.Fatal(err)
-	}
+	unmountKernel()
 	again := mountT(t, Options{Lowers: lowers, Upper: upper, Work: work})
 	if got := sameObject(t, "union again", again, "old\nnew\nkernel\n", names...); got != union {
 		t.Errorf("union again shows st_ino %d, st_nlink %d; it showed %d, %d", got.Ino, got.Nlink, union.Ino, union.Nlink)
@@ -392,26 +357,13 @@ func TestUnionShowsKernelOriginIno(t *testing.T) {
 	if err := unix.Lstat(filepath.Join(lowers[0], "d/f"), &lst); err != nil {
 		t.Fatal(err)
 	}
-	kmnt := t.TempDir()
-	data := "lowerdir=" + lowers[0] + ",upperdir=" + upper + ",workdir=" + work + ",redirect_dir=on,index=on,nfs_export=off"
-	if err := unix.Mount("overlay", kmnt, "overlay", 0, data); err != nil {
-		testutil.Need(t, false, "kernel overlayfs: "+err.Error())
-	}
-	mounted := true
-	t.Cleanup(func() {
-		if mounted {
-			unix.Unmount(kmnt, unix.MNT_DETACH)
-		}
-	})
+	kmnt, unmount := kernelIndexMountT(t, lowers, upper, work)
 	appendTo(t, filepath.Join(kmnt, "d/f"), "new\n")
 	var kst unix.Stat_t
 	if err := unix.Lstat(filepath.Join(kmnt, "d/f"), &kst); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Unmount(kmnt, 0); err != nil {
-		t.Fatal(err)
-	}
-	mounted = false
+	unmount()
 	var ust unix.Stat_t
 	if err := unix.Lstat(filepath.Join(upper, "d/f"), &ust); err != nil || ust.Ino == lst.Ino {
 		t.Fatalf("premise: the kernel's copy is a new inode: %v", err)
