@@ -1,13 +1,11 @@
 package fusefs
 
 import (
-	"context"
 	"encoding/binary"
 	"os"
 	"strconv"
 	"strings"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
@@ -45,70 +43,6 @@ func (u *union) posixACLMountOptions(mo *fuse.MountOptions) {
 	mo.ExtraCapabilities |= fuse.CAP_DONT_MASK
 }
 
-// serve mounts root as fs.Mount does, with the raw file system wrapped so
-// the node operations can learn the caller's umask.
-func (u *union) serve(target string, root fs.InodeEmbedder, fo *fs.Options) (*fuse.Server, error) {
-	var raw fuse.RawFileSystem = fs.NewNodeFS(root, fo)
-	if u.acl {
-		raw = &umaskRecorder{RawFileSystem: raw, u: u}
-	}
-	srv, err := fuse.NewServer(raw, target, &fo.MountOptions)
-	if err != nil {
-		return nil, err
-	}
-	go srv.Serve()
-	if err := srv.WaitMount(); err != nil {
-		return nil, err
-	}
-	return srv, nil
-}
-
-// umaskRecorder notes the umask the kernel sends with each request that
-// creates an object, keyed by the request's cancel channel (unique while
-// the request runs), which go-fuse passes on as the context's.
-type umaskRecorder struct {
-	fuse.RawFileSystem
-	u *union
-}
-
-func (r *umaskRecorder) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
-	r.u.umasks.Store(cancel, in.Umask)
-	defer r.u.umasks.Delete(cancel)
-	return r.RawFileSystem.Create(cancel, in, name, out)
-}
-
-func (r *umaskRecorder) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.CreateOut) fuse.Status {
-	r.u.umasks.Store(cancel, in.Umask)
-	defer r.u.umasks.Delete(cancel)
-	return r.RawFileSystem.Tmpfile(cancel, in, out)
-}
-
-func (r *umaskRecorder) Mkdir(cancel <-chan struct{}, in *fuse.MkdirIn, name string, out *fuse.EntryOut) fuse.Status {
-	r.u.umasks.Store(cancel, in.Umask)
-	defer r.u.umasks.Delete(cancel)
-	return r.RawFileSystem.Mkdir(cancel, in, name, out)
-}
-
-func (r *umaskRecorder) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out *fuse.EntryOut) fuse.Status {
-	r.u.umasks.Store(cancel, in.Umask)
-	defer r.u.umasks.Delete(cancel)
-	return r.RawFileSystem.Mknod(cancel, in, name, out)
-}
-
-// callerUmask is the umask of the request ctx belongs to; ok is false when
-// the kernel applied it already (no ACL semantics) or did not send one.
-func (u *union) callerUmask(ctx context.Context) (uint32, bool) {
-	c, ok := ctx.(*fuse.Context)
-	if !ok || !u.acl {
-		return 0, false
-	}
-	v, ok := u.umasks.Load(c.Cancel)
-	if !ok {
-		return 0, false
-	}
-	return v.(uint32), true
-}
-
 // newObject is what a new object gets: its mode, and the ACLs inherited
 // from its parent's default ACL (nil: none).
 type newObject struct {
@@ -122,12 +56,12 @@ type newObject struct {
 // object's ACL is that ACL masked by mode (kept only where the mode alone
 // cannot say it) and a directory inherits the default ACL itself; without
 // one, the umask applies.
-func (u *union) newObjectMode(ctx context.Context, parentPath string, mode uint32, isDir bool) newObject {
+func (u *union) newObjectMode(c *call, parentPath string, mode uint32, isDir bool) newObject {
 	o := newObject{mode: mode & 07777}
-	umask, ok := u.callerUmask(ctx)
-	if !ok {
+	if !c.hasUmask {
 		return o // the kernel masked mode already
 	}
+	umask := c.umask
 	dflt, err := getXattr(parentPath, aclDefaultXattr)
 	if err != nil || len(dflt) == 0 {
 		o.mode &^= umask & 0o777

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -175,5 +176,9 @@ func getfaclTree(t *testing.T, root string) string {
 		}
 		return nil
 	})
-	return strings.Join(modes, "\n") + "\n" + string(out)
+	// One block per object, in the order readdir gave, which no
+	// standard fixes: sorted.
+	blocks := strings.Split(strings.TrimSpace(string(out)), "\n\n")
+	sort.Strings(blocks)
+	return strings.Join(modes, "\n") + "\n" + strings.Join(blocks, "\n\n")
 }

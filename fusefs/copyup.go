@@ -7,7 +7,6 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"golang.org/x/sys/unix"
 
 	"github.com/layerfs/layerfs/whiteout"
@@ -34,7 +33,7 @@ func (u *union) copyUpDir(d *node) syscall.Errno {
 		if p == nil {
 			return syscall.ENOENT
 		}
-		if errno := u.copyUpDir(p.Operations().(*node)); errno != 0 {
+		if errno := u.copyUpDir(p); errno != 0 {
 			return errno
 		}
 	}
@@ -54,23 +53,23 @@ func (u *union) copyUpDir(d *node) syscall.Errno {
 	src := u.lowers[lowers[0].layer]
 	var st unix.Stat_t
 	if err := src.lstat(lowerRel, &st); err != nil {
-		return fs.ToErrno(err)
+		return toErrno(err)
 	}
 	tmp := u.tmpName()
 	if err := unix.Mkdirat(u.workFd, tmp, 0o700); err != nil {
-		return fs.ToErrno(err)
+		return toErrno(err)
 	}
 	tmpPath := u.workPath + "/" + tmp
-	if err := u.copyMeta(src.path(lowerRel), tmpPath, &st, d.ino()); err != nil {
+	if err := u.copyMeta(src.path(lowerRel), tmpPath, &st, d.ino); err != nil {
 		unix.Unlinkat(u.workFd, tmp, unix.AT_REMOVEDIR)
-		return fs.ToErrno(err)
+		return toErrno(err)
 	}
 	if err := unix.Renameat(u.workFd, tmp, u.upper.fd, rel); err != nil {
 		unix.Unlinkat(u.workFd, tmp, unix.AT_REMOVEDIR)
 		// A copy-up of another name of a hardlink group may have made
 		// it (by path) already.
 		if u.upper.lstat(rel, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
-			return fs.ToErrno(err)
+			return toErrno(err)
 		}
 	}
 	d.hasUpper = true
@@ -79,7 +78,7 @@ func (u *union) copyUpDir(d *node) syscall.Errno {
 	// The kernel may hold the lower dir's attributes for LowerTimeout;
 	// the upper copy's change as entries are added. Tell it, outside
 	// this request (an invalidation must not wait on it).
-	go d.NotifyContent(0, 0)
+	u.notifyAttrs(d)
 	return 0
 }
 
@@ -102,11 +101,10 @@ func (u *union) copyUp(n *node, skipData bool) syscall.Errno {
 	if p == nil {
 		return syscall.ENOENT
 	}
-	pn := p.Operations().(*node)
-	if errno := u.copyUpDir(pn); errno != 0 {
+	if errno := u.copyUpDir(p); errno != 0 {
 		return errno
 	}
-	created, errno := u.copyUpFile(n, pn, name, skipData)
+	created, errno := u.copyUpFile(n, p, name, skipData)
 	// Directories made for the group's other names: their nodes (taken
 	// after n's lock is released) learn they have an upper now.
 	u.markUpperDirs(created)
@@ -140,9 +138,9 @@ func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (creat
 	src := u.lowers[li]
 	var st unix.Stat_t
 	if err := src.lstat(lowerRel, &st); err != nil {
-		return nil, fs.ToErrno(err)
+		return nil, toErrno(err)
 	}
-	idx := u.indexRelFor(n.ino())
+	idx := u.indexRelFor(n.ino)
 	var others []string // the group's other visible names, linked to the copy
 	indexed := false
 	viewNlink := uint32(st.Nlink)
@@ -151,7 +149,7 @@ func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (creat
 		var ist unix.Stat_t
 		if unix.Fstatat(u.workFd, idx, &ist, unix.AT_SYMLINK_NOFOLLOW) == nil {
 			if err := unix.Linkat(u.workFd, idx, u.upper.fd, rel, 0); err != nil && !errors.Is(err, unix.EEXIST) {
-				return nil, fs.ToErrno(err)
+				return nil, toErrno(err)
 			}
 			n.more().indexed, n.hasUpper = true, true
 			syncKernelNlink(u.workPath + "/" + idx) // kernelindex.go
@@ -180,16 +178,16 @@ func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (creat
 	tmpPath := u.workPath + "/" + tmp
 	if err := u.copyObject(src, lowerRel, &st, tmp, skipData); err != nil {
 		unix.Unlinkat(u.workFd, tmp, 0)
-		return nil, fs.ToErrno(err)
+		return nil, toErrno(err)
 	}
-	if err := u.copyMeta(src.path(lowerRel), tmpPath, &st, n.ino()); err != nil {
+	if err := u.copyMeta(src.path(lowerRel), tmpPath, &st, n.ino); err != nil {
 		unix.Unlinkat(u.workFd, tmp, 0)
-		return nil, fs.ToErrno(err)
+		return nil, toErrno(err)
 	}
 	// A symlink's or FIFO's owner lives in a table, not on the copy.
 	if err := u.carrySpecialOwner(li, lowerRel, &st, append(others, rel)...); err != nil { // ownertable.go
 		unix.Unlinkat(u.workFd, tmp, 0)
-		return nil, fs.ToErrno(err)
+		return nil, toErrno(err)
 	}
 	var kernelFh []byte // the entry's name in the kernel's index too
 	if indexed {
@@ -201,7 +199,7 @@ func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (creat
 		}
 		if err := unix.Renameat(u.workFd, tmp, u.workFd, idx); err != nil {
 			unix.Unlinkat(u.workFd, tmp, 0)
-			return nil, fs.ToErrno(err)
+			return nil, toErrno(err)
 		}
 		tmp = idx
 		n.more().indexed = true
@@ -222,11 +220,11 @@ func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (creat
 	}
 	if indexed {
 		if err := unix.Linkat(u.workFd, idx, u.upper.fd, rel, 0); err != nil {
-			return created, fs.ToErrno(err)
+			return created, toErrno(err)
 		}
 	} else if err := unix.Renameat(u.workFd, tmp, u.upper.fd, rel); err != nil {
 		unix.Unlinkat(u.workFd, tmp, 0)
-		return created, fs.ToErrno(err)
+		return created, toErrno(err)
 	}
 	n.hasUpper = true
 	if kernelFh != nil {
@@ -424,11 +422,11 @@ func (u *union) copyUpName(d *node, name string, n *node) syscall.Errno {
 	if u.upper.lstat(rel, &st) == nil {
 		return 0
 	}
-	err := unix.Linkat(u.workFd, u.indexRelFor(n.ino()), u.upper.fd, rel, 0)
+	err := unix.Linkat(u.workFd, u.indexRelFor(n.ino), u.upper.fd, rel, 0)
 	if err != nil && !errors.Is(err, unix.EEXIST) {
-		return fs.ToErrno(err)
+		return toErrno(err)
 	}
-	syncKernelNlink(u.workPath + "/" + u.indexRelFor(n.ino())) // kernelindex.go
+	syncKernelNlink(u.workPath + "/" + u.indexRelFor(n.ino)) // kernelindex.go
 	if l, errno := n.where(); errno == 0 {
 		u.linkSpecialOwner(n, l, rel) // ownertable.go
 	}

@@ -1,11 +1,9 @@
 package fusefs
 
 import (
-	"context"
 	"errors"
 	"syscall"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
@@ -32,14 +30,14 @@ var errNotDirect = errors.New("not a direct create")
 
 // directSpot readies d for a direct create of name and returns the new
 // object's upper path, or errNotDirect.
-func (u *union) directSpot(ctx context.Context, d *node, name string) (string, syscall.Errno, error) {
+func (u *union) directSpot(c *call, d *node, name string) (string, syscall.Errno, error) {
 	if u.readOnly || u.upper == nil {
 		return "", syscall.EROFS, nil
 	}
 	if whiteout.ClassifyName(name).Kind != whiteout.None {
 		return "", syscall.EINVAL, nil
 	}
-	if !u.ownsNatively(ctx) {
+	if !u.ownsNatively(c) {
 		return "", 0, errNotDirect
 	}
 	if errno := u.copyUpDir(d); errno != 0 {
@@ -63,29 +61,29 @@ func (u *union) directSpot(ctx context.Context, d *node, name string) (string, s
 // caller's on-disk owner and group without a chown: the caller maps to
 // the daemon's own IDs (or to none, which leaves the owner alone as
 // setNewOwner does). A set-group-ID parent gives its group either way.
-func (u *union) ownsNatively(ctx context.Context) bool {
-	uid, gid := u.owner(ctx)
+func (u *union) ownsNatively(c *call) bool {
+	uid, gid := u.owner(c)
 	return (uid < 0 || uid == u.euid) && (gid < 0 || gid == u.egid)
 }
 
 // createDirect is Create's fast path; errNotDirect sends the caller to
 // the atomic path.
-func (d *node) createDirect(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno, error) {
+func (d *node) createDirect(c *call, name string, flags, mode uint32, out *fuse.Attr) (*node, *fileHandle, syscall.Errno, error) {
 	u := d.u
-	rel, errno, err := u.directSpot(ctx, d, name)
+	rel, errno, err := u.directSpot(c, d, name)
 	if err != nil || errno != 0 {
-		return nil, nil, 0, errno, err
+		return nil, nil, errno, err
 	}
 	dir, _ := splitRel(rel)
-	obj := u.newObjectMode(ctx, u.upper.path(dir), mode, false)
+	obj := u.newObjectMode(c, u.upper.path(dir), mode, false)
 	oflags := int(flags)&^(unix.O_APPEND|unix.O_CREAT|unix.O_EXCL|fuse.FMODE_EXEC) | unix.O_CLOEXEC | unix.O_NOFOLLOW
 	fd, err := unix.Openat(u.upper.fd, rel, oflags|unix.O_CREAT|unix.O_EXCL, obj.mode)
 	if errors.Is(err, unix.EEXIST) {
 		// A whiteout (or a real object: the atomic path tells which).
-		return nil, nil, 0, 0, errNotDirect
+		return nil, nil, 0, errNotDirect
 	}
 	if err != nil {
-		return nil, nil, 0, fs.ToErrno(err), nil
+		return nil, nil, toErrno(err), nil
 	}
 	var st unix.Stat_t
 	err = u.applyNewObject(u.upper.path(rel), fd, obj)
@@ -95,31 +93,29 @@ func (d *node) createDirect(ctx context.Context, name string, flags, mode uint32
 	if err != nil {
 		unix.Close(fd)
 		unix.Unlinkat(u.upper.fd, rel, 0)
-		return nil, nil, 0, fs.ToErrno(err), nil
+		return nil, nil, toErrno(err), nil
 	}
-	ch := d.freshChild(ctx, name, &st, out)
-	cn := ch.Operations().(*node)
-	cn.mu.Lock()
-	cn.upperNoRecords = true // nobody set any yet
-	cn.mu.Unlock()
-	fh, fl := u.newHandle(cn, fd, oflags, true, rel)
-	return ch, fh, fl, 0, nil
+	n := d.freshChild(name, &st, out)
+	n.mu.Lock()
+	n.upperNoRecords = true // nobody set any yet
+	n.mu.Unlock()
+	return n, u.newHandle(n, fd, oflags, true, rel), 0, nil
 }
 
 // mkdirDirect is Mkdir's fast path; errNotDirect sends the caller to the
 // atomic path.
-func (d *node) mkdirDirect(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno, error) {
+func (d *node) mkdirDirect(c *call, name string, mode uint32, out *fuse.Attr) (*node, syscall.Errno, error) {
 	u := d.u
-	rel, errno, err := u.directSpot(ctx, d, name)
+	rel, errno, err := u.directSpot(c, d, name)
 	if err != nil || errno != 0 {
 		return nil, errno, err
 	}
 	dir, _ := splitRel(rel)
-	obj := u.newObjectMode(ctx, u.upper.path(dir), mode, true)
+	obj := u.newObjectMode(c, u.upper.path(dir), mode, true)
 	if err := unix.Mkdirat(u.upper.fd, rel, obj.mode); errors.Is(err, unix.EEXIST) {
 		return nil, 0, errNotDirect
 	} else if err != nil {
-		return nil, fs.ToErrno(err), nil
+		return nil, toErrno(err), nil
 	}
 	var st unix.Stat_t
 	err = u.applyNewObject(u.upper.path(rel), -1, obj)
@@ -128,27 +124,26 @@ func (d *node) mkdirDirect(ctx context.Context, name string, mode uint32, out *f
 	}
 	if err != nil {
 		unix.Unlinkat(u.upper.fd, rel, unix.AT_REMOVEDIR)
-		return nil, fs.ToErrno(err), nil
+		return nil, toErrno(err), nil
 	}
-	ch := d.freshChild(ctx, name, &st, out)
-	ch.Operations().(*node).markUpperMadeHere()
-	return ch, 0, nil
+	n := d.freshChild(name, &st, out)
+	n.markUpperMadeHere()
+	return n, 0, nil
 }
 
 // freshChild registers an object this request made in the upper, with
 // attributes from st: it has no origin, override or nlink records to
 // read back.
-func (d *node) freshChild(ctx context.Context, name string, st *unix.Stat_t, out *fuse.EntryOut) *fs.Inode {
+func (d *node) freshChild(name string, st *unix.Stat_t, out *fuse.Attr) *node {
 	u := d.u
+	d.dirChanged()
 	f := &found{st: *st, upper: true, lowerLayer: -1, lowerRel: join(d.dirLowerRel(), name)}
 	ino := u.inos.ino(st.Dev, st.Ino)
-	child := u.newNodeFor(f, d.dirLowerRel(), name)
-	ch := d.NewInode(ctx, child, u.stableFor(f, ino))
-	out.Attr.FromStat(toSyscallStat(st))
-	out.Attr.Ino = ino
-	out.Attr.Uid = u.uids.toView(out.Attr.Uid)
-	out.Attr.Gid = u.gids.toView(out.Attr.Gid)
-	out.SetEntryTimeout(u.opts.Timeout)
-	out.SetAttrTimeout(u.opts.Timeout)
-	return ch
+	made := u.newNodeFor(f, d.dirLowerRel(), name, ino)
+	n := u.tree.lookup(d, name, ino, func() *node { return made })
+	out.FromStat(toSyscallStat(st))
+	out.Uid = u.uids.toView(out.Uid)
+	out.Gid = u.gids.toView(out.Gid)
+	n.attrOut(out)
+	return n
 }

@@ -1,11 +1,10 @@
 package fusefs
 
 import (
-	"context"
-	"sync"
+	"slices"
+	"sort"
 	"syscall"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
@@ -97,11 +96,11 @@ func (u *union) list(n *node) (*listing, syscall.Errno) {
 
 	seen := map[string]struct{}{}
 	out := &listing{}
-	parentIno := n.ino()
+	parentIno := n.ino
 	if _, p := n.Parent(); p != nil {
-		parentIno = p.StableAttr().Ino
+		parentIno = p.ino
 	}
-	out.add(".", unix.S_IFDIR, n.ino())
+	out.add(".", unix.S_IFDIR, n.ino)
 	out.add("..", unix.S_IFDIR, parentIno)
 
 	type src struct {
@@ -132,7 +131,7 @@ func (u *union) list(n *node) (*listing, syscall.Errno) {
 		ents, err := readLayerDir(s.l, s.rel)
 		if err != nil {
 			if i == 0 {
-				return nil, fs.ToErrno(err)
+				return nil, toErrno(err)
 			}
 			continue
 		}
@@ -188,98 +187,194 @@ func (u *union) list(n *node) (*listing, syscall.Errno) {
 	return out, 0
 }
 
-// dirHandle serves a snapshot of the merged listing, so offsets (index+1)
-// stay valid across telldir/seekdir whatever changes. The snapshot is
-// taken at the first read, not at opendir: a lower-only directory the
-// kernel has cached is opened without being read. A seek to 0 (rewinddir)
-// takes a new snapshot, as POSIX asks.
-type dirHandle struct {
-	n    *node
-	mu   sync.Mutex
-	ents *listing // nil until the first read
-	pos  int
-	fd   int
+// Reading a directory. The kernel never opens one (rawFS.OpenDir), so a
+// READDIR or READDIRPLUS carries nothing but a position, and a position
+// must mean the same in every listing of the directory, whatever was added
+// or removed since the reader started: it is a cookie derived from the
+// name of the last entry returned (as ext4's hashed directories do), and a
+// listing is served in cookie order. seekdir to any position telldir gave
+// works for as long as the directory exists, and an entry that neither
+// went nor came in the meantime is returned exactly once.
+//
+// The merged listing of a directory is built when the first request for
+// it comes, kept (packed, see index.go) in a cache of bounded size shared
+// by the mount's directories, and rebuilt when the directory changed
+// through the view (node.listGen) or the cache dropped it. The kernel
+// keeps the listings it has read itself (a directory it never opened is
+// cached as if opened with FOPEN_CACHE_DIR), so requests come only for
+// directories not read since they changed.
+
+// dirListing returns d's merged listing in cookie order.
+func (d *node) dirListing() (*listing, syscall.Errno) {
+	u := d.u
+	d.mu.Lock()
+	x := d.more()
+	gen, slot := x.listGen, x.listing
+	if slot == nil {
+		slot = &cachedListing{}
+		x.listing = slot
+	}
+	d.mu.Unlock()
+	if l := slot.get(); l != nil && l.gen == gen {
+		return l, 0
+	}
+	l, errno := u.list(d)
+	if errno != 0 {
+		return nil, errno
+	}
+	l.gen = gen
+	l.sortByCookie()
+	u.listings.put(slot, l, l.size())
+	return l, 0
 }
 
-var (
-	_ fs.FileReaddirenter = (*dirHandle)(nil)
-	_ fs.FileSeekdirer    = (*dirHandle)(nil)
-	_ fs.FileReleasedirer = (*dirHandle)(nil)
-	_ fs.FileFsyncdirer   = (*dirHandle)(nil)
-)
-
-func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	n.mu.Lock()
-	upper := n.hasUpper
-	n.mu.Unlock()
-	var fl uint32
-	if !upper {
-		// Nothing can change a lower-only directory but this mount,
-		// and every change invalidates it.
-		fl = fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
+// dropListing drops l, d's listing, from the mount's listing cache.
+func (d *node) dropListing(l *listing) {
+	d.mu.Lock()
+	slot := d.x.listing
+	d.mu.Unlock()
+	if slot != nil && slot.get() == l {
+		d.u.listings.drop(slot)
 	}
-	dh := &dirHandle{n: n, fd: -1}
-	// Kept so fstat works after the directory is renamed over or removed.
-	if l, errno := n.where(); errno == 0 {
-		if fd, err := unix.Openat(l.fd, l.rel, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
-			dh.fd = fd
-		} else if upper {
-			return nil, 0, fs.ToErrno(err)
+}
+
+// dirChanged records that directory d's listing changed through the view.
+func (d *node) dirChanged() {
+	d.mu.Lock()
+	d.more().listGen++
+	d.mu.Unlock()
+}
+
+// cookie is the readdir position after the entry called name: FNV-1a of
+// the name, past the positions of "." (1) and ".." (2), within the 63
+// bits telldir returns.
+func cookie(name string) uint64 {
+	switch name {
+	case ".":
+		return 1
+	case "..":
+		return 2
+	}
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(name); i++ {
+		h ^= uint64(name[i])
+		h *= 1099511628211
+	}
+	h >>= 1
+	if h < 3 {
+		h += 3
+	}
+	return h
+}
+
+// sortByCookie orders the listing by cookie. Two names with one cookie
+// (one chance in 2^63 per pair) get consecutive ones, so none is lost; a
+// reader resuming between them may then see one twice.
+func (l *listing) sortByCookie() {
+	idx := make([]int, l.len())
+	for i := range idx {
+		idx[i] = i
+	}
+	l.cookies = make([]uint64, l.len())
+	for i := range idx {
+		l.cookies[i] = cookie(l.name(i))
+	}
+	sort.Slice(idx, func(a, b int) bool { return l.cookies[idx[a]] < l.cookies[idx[b]] })
+	s := &listing{names: make([]byte, 0, len(l.names)), cookies: make([]uint64, 0, len(idx)), gen: l.gen}
+	s.ends = make([]uint32, 0, len(idx))
+	s.inos = make([]uint64, 0, len(idx))
+	s.types = make([]uint8, 0, len(idx))
+	for _, i := range idx {
+		s.names = append(s.names, l.name(i)...)
+		s.ends = append(s.ends, uint32(len(s.names)))
+		s.inos = append(s.inos, l.inos[i])
+		s.types = append(s.types, l.types[i])
+		s.cookies = append(s.cookies, l.cookies[i])
+	}
+	spreadCookies(s.cookies)
+	*l = *s
+}
+
+// spreadCookies makes sorted cookies distinct: a cookie equal to the one
+// before it moves up by one.
+func spreadCookies(cs []uint64) {
+	for i := 1; i < len(cs); i++ {
+		if cs[i] <= cs[i-1] {
+			cs[i] = cs[i-1] + 1
 		}
 	}
-	return dh, fl, 0
 }
 
-func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.ents == nil {
-		ents, errno := d.n.u.list(d.n)
+// after returns the index of the first entry past position off.
+func (l *listing) after(off uint64) int {
+	i, _ := slices.BinarySearch(l.cookies, off+1)
+	return i
+}
+
+// plusMaxNames: READDIRPLUS answers with attributes (saving a LOOKUP per
+// name for ls -l, find, du, tar) in directories of at most this many
+// names. A bigger one is usually listed, not statted (a 100k-name
+// directory by ls), and giving the kernel a node for every name would cost
+// more than the lookups it saves.
+const plusMaxNames = 8192
+
+// readdir answers READDIR (plus: READDIRPLUS) of directory d from
+// position off.
+func (d *node) readdir(off uint64, out *fuse.DirEntryList, plus bool) syscall.Errno {
+	l, errno := d.dirListing()
+	if errno != 0 {
+		return errno
+	}
+	attrs := plus && l.len() <= d.u.plusMax+2
+	i := l.after(off)
+	if i == l.len() {
+		// The end: the kernel has read (and kept) the whole listing,
+		// so the union's copy can go.
+		d.dropListing(l)
+		return 0
+	}
+	for ; i < l.len(); i++ {
+		e := l.entry(i)
+		if !plus {
+			if !out.AddDirEntry(e) {
+				return 0
+			}
+			continue
+		}
+		eo := out.AddDirLookupEntry(e)
+		if eo == nil {
+			return 0
+		}
+		if !attrs || e.Name == "." || e.Name == ".." {
+			// No node ID: the kernel makes no entry for it, as
+			// for a plain READDIR.
+			continue
+		}
+		n, errno := d.lookup(e.Name, eo)
 		if errno != 0 {
-			return nil, errno
+			*eo = fuse.EntryOut{}
+			continue
 		}
-		d.ents = ents
+		if n.fileType() != e.Mode&unix.S_IFMT {
+			out.FixMode(n.fileType())
+		}
 	}
-	if d.pos >= d.ents.len() {
-		return nil, 0
-	}
-	e := d.ents.entry(d.pos)
-	d.pos++
-	e.Off = uint64(d.pos)
-	return &e, 0
-}
-
-func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if off == 0 {
-		d.ents = nil
-	}
-	d.pos = int(off)
 	return 0
 }
 
-func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.fd >= 0 {
-		unix.Close(d.fd)
-		d.fd = -1
-	}
-}
-
-func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
-	if d.n.u.opts.Volatile {
+// fsyncdir syncs directory d's upper copy.
+func (d *node) fsyncdir() syscall.Errno {
+	if d.u.opts.Volatile {
 		return 0
 	}
-	l, errno := d.n.where()
+	l, errno := d.where()
 	if errno != 0 || !l.upper {
 		return 0
 	}
 	fd, err := unix.Openat(l.fd, l.rel, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fs.ToErrno(err)
+		return toErrno(err)
 	}
 	defer unix.Close(fd)
-	return fs.ToErrno(unix.Fsync(fd))
+	return toErrno(unix.Fsync(fd))
 }

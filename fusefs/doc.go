@@ -23,9 +23,12 @@
 //     lower dir that exists in one layer only; the union does not). Names
 //     starting with ".wh." cannot be created (EINVAL): they would read back
 //     as whiteouts.
-//   - Readdir merges the layers into a snapshot at opendir; offsets are
-//     indexes into it, so telldir/seekdir stay valid whatever changes;
-//     rewinddir takes a new snapshot. d_type and d_ino are those of stat.
+//   - Readdir merges the layers. A position in a directory is a cookie
+//     made from the name of the last entry returned (a 63-bit hash, as
+//     ext4's hashed directories use) and a listing is served in cookie
+//     order, so telldir/seekdir stay valid whatever is added or removed,
+//     and a name there throughout a read is returned exactly once.
+//     d_type and d_ino are those of stat.
 //   - One st_dev. st_ino comes from the origin object: (st_dev, st_ino) of
 //     the topmost lower object, packed xino-style with a device index
 //     (upper first, then the lowers, in order) when the layers span several
@@ -165,30 +168,41 @@
 // # Memory
 //
 // The kernel keeps a node for every name it caches, so a stat walk of a
-// million files makes a million nodes; each costs about 400 bytes: 160
-// for the node itself (go-fuse's Inode included; state only directories,
-// hardlinked, open or indexed objects need lives in a side struct made
-// on demand, and a node's lower path is its parent's plus its name unless
-// recorded), the rest go-fuse's bookkeeping (node ID and inode number
-// tables, the parent's child map). Nothing of the union keeps a node the
-// kernel forgot, so memory follows what the kernel caches and falls when
-// memory pressure makes the kernel forget. A directory's name index
-// (below) is one sorted string with offsets and a layer bitmask per name
-// (about 13 bytes and the name), all of a mount's indexes share 8 MiB and
-// the least recently used go past it; listings exist only while a
-// directory handle reads them, packed the same way. Daemons run the
-// garbage collector at GOGC=25 (TuneGC): their heap is mostly that node
-// state, which the default 100 would let double before collecting.
+// million files makes a million nodes. The union serves the kernel itself
+// (bridge.go, on go-fuse's wire-level server) rather than through
+// go-fuse's fs package, whose bookkeeping took about 300 bytes a node: a
+// node is 80 bytes (state only directories, hardlinked, open or indexed
+// objects need lives in a side struct made on demand, and a node's lower
+// path is its parent's plus its name unless recorded), its name, and one
+// entry in a map from node ID to node; the node ID is the view inode
+// number, so no second map finds a node by inode and no directory keeps a
+// map of its children (tree.go). About 140 bytes a node in all. Nothing
+// of the union keeps a node the kernel forgot, so memory follows what the
+// kernel caches and falls when memory pressure makes the kernel forget.
+// A directory's name index (below) is one sorted string with offsets and
+// a layer bitmask per name (about 13 bytes and the name); all of a
+// mount's indexes share 3 MiB and the least recently used go past it.
+// Listings are packed the same way (about 21 bytes and the name), share
+// 4 MiB, and go as soon as the kernel has read one to its end (it keeps
+// its own copy). Daemons run the garbage collector at GOGC=25 (TuneGC):
+// their heap is mostly that node state, which the default 100 would let
+// double before collecting.
 //
 // # Speed
 //
 // Lower-only objects get Options.LowerTimeout entry and attribute
 // timeouts (they cannot change except through this mount, which tells the
-// kernel), lower files keep their page cache across opens (keep_cache),
-// lower-only directories their readdir cache. The first stat or copy-up
-// of a multiply-linked lower file walks its layer once (see above). A
-// readdir indexes each lower directory's names so the lookups that follow
-// (ls -l, find) skip one stat per layer; a lookup reads no whole
+// kernel), and lower files keep their page cache across opens
+// (keep_cache). Directories are never opened (OPENDIR answers ENOSYS), so
+// opendir and closedir cost no round trip and the kernel caches every
+// directory's listing until it changes. READDIRPLUS answers with every
+// entry's attributes in directories of up to 8192 names, so ls -l, find,
+// du or tar make no LOOKUP per name (READDIRPLUS_AUTO would give them
+// for the first few dozen names only); a bigger directory is listed
+// without them, as ls of a huge directory only wants names. The first
+// stat or copy-up of a multiply-linked lower file walks its layer once
+// (see above). A readdir indexes each lower directory's names so the
+// lookups that follow skip one stat per layer; a lookup reads no whole
 // directory except a small one spread over three or more lower layers.
 // Whether a lower object has xattrs at all is remembered, so the kernel's
 // security.* probes of one that has none, and the GETATTR that follows
@@ -221,8 +235,6 @@
 //   - Named users and groups in ACLs are stored as the kernel sends them:
 //     UIDMap/GIDMap do not translate them. Under an override_stat record
 //     chmod rewrites the record, not the mode, so an ACL's mask stays.
-//   - Memory per cached name is about 400 bytes (see Memory), most of it
-//     go-fuse's; fuse-overlayfs needs about 300.
 //   - Uppers written by overlayfs with metacopy=on (data left in a lower)
 //     are not read, nor its index dir in a read-only view, nor index
 //     entries of directories (nfs_export=on); its whiteouts, opaque dirs,

@@ -220,36 +220,20 @@ func (u *union) markUpperDirs(rels []string) {
 		d.mu.Lock()
 		d.hasUpper = true
 		d.mu.Unlock()
-		go d.NotifyContent(0, 0)
+		u.notifyAttrs(d)
 	}
 }
 
-// treeNode returns the node go-fuse knows at view path rel, or nil.
+// treeNode returns the node the kernel knows at view path rel, or nil.
 func (u *union) treeNode(rel string) *node {
-	if u.root == nil {
+	f, errno := u.resolvePath(rel)
+	if errno != 0 {
 		return nil
 	}
-	cur := &u.root.Inode
-	for rel != "" && rel != "." {
-		var c string
-		c, rel = splitFirst(rel)
-		ch := cur.GetChild(c)
-		if ch == nil {
-			return nil
-		}
-		cur = ch
-	}
-	n, _ := cur.Operations().(*node)
-	return n
-}
-
-func splitFirst(rel string) (first, rest string) {
-	for i := 0; i < len(rel); i++ {
-		if rel[i] == '/' {
-			return rel[:i], rel[i+1:]
-		}
-	}
-	return rel, ""
+	// The path resolves past a directory the kernel may hold: it
+	// stands for the same object (its view inode number) whatever its
+	// state says.
+	return u.tree.find(u.viewIno(f, rel))
 }
 
 // redirectViews maps each lower directory that a redirected upper

@@ -118,38 +118,51 @@ func (b *indexBuilder) build() *nameIndex {
 	return x
 }
 
-// cachedIndex is a directory's slot in the index cache: the node keeps the
+// cacheSlot is a directory's slot in a bounded cache: the node keeps the
 // slot, the cache may empty it.
-type cachedIndex struct {
-	idx  atomic.Pointer[nameIndex]
+type cacheSlot[T any] struct {
+	v    atomic.Pointer[T]
 	used atomic.Bool   // looked at since the clock hand last passed
-	elem *list.Element // in indexCache.ring; guarded by indexCache.mu
-	size int           // guarded by indexCache.mu
+	elem *list.Element // in boundedCache.ring; guarded by boundedCache.mu
+	size int           // guarded by boundedCache.mu
 }
 
-// get returns the index, nil when not built or dropped.
-func (c *cachedIndex) get() *nameIndex {
-	x := c.idx.Load()
+// cachedIndex and cachedListing are the slots of a directory's name index
+// and listing.
+type (
+	cachedIndex   = cacheSlot[nameIndex]
+	cachedListing = cacheSlot[listing]
+)
+
+// get returns the value, nil when not built or dropped.
+func (c *cacheSlot[T]) get() *T {
+	x := c.v.Load()
 	if x != nil && !c.used.Load() {
 		c.used.Store(true) // a load first: no cache-line write per lookup
 	}
 	return x
 }
 
-// indexCache bounds the memory of every directory's nameIndex in a mount.
-// Lookups read an index with two atomic loads; only adding and dropping
-// take the lock.
-type indexCache struct {
+// boundedCache bounds the memory of one kind of per-directory data of a
+// mount (name indexes, listings). Readers get a value with two atomic
+// loads; only adding and dropping take the lock.
+type boundedCache[T any] struct {
 	mu    sync.Mutex
-	ring  list.List // of *cachedIndex
+	ring  list.List // of *cacheSlot[T]
 	bytes int
 	max   int
 }
 
-// put installs x in slot c, dropping the least recently used indexes to
-// stay within the budget. An index bigger than the budget is not kept.
-func (ic *indexCache) put(c *cachedIndex, x *nameIndex) {
-	sz := x.size()
+// indexCache and listingCache are a mount's caches.
+type (
+	indexCache   = boundedCache[nameIndex]
+	listingCache = boundedCache[listing]
+)
+
+// put installs x, which takes sz bytes, in slot c, dropping the least
+// recently used values to stay within the budget. A value bigger than the
+// budget is not kept.
+func (ic *boundedCache[T]) put(c *cacheSlot[T], x *T, sz int) {
 	if sz > ic.max {
 		return
 	}
@@ -158,12 +171,12 @@ func (ic *indexCache) put(c *cachedIndex, x *nameIndex) {
 	if c.elem != nil {
 		ic.dropLocked(c)
 	}
-	// The clock: a used index gets a second chance (its bit is
-	// cleared and it goes to the back); bounded so that lookups setting
+	// The clock: a used value gets a second chance (its bit is
+	// cleared and it goes to the back); bounded so that readers setting
 	// bits meanwhile cannot keep it turning.
 	for turns := 2*ic.ring.Len() + 1; ic.bytes+sz > ic.max && ic.ring.Len() > 0; turns-- {
 		e := ic.ring.Front()
-		v := e.Value.(*cachedIndex)
+		v := e.Value.(*cacheSlot[T])
 		if turns > 0 && v.used.Swap(false) {
 			ic.ring.MoveToBack(e)
 			continue
@@ -171,21 +184,21 @@ func (ic *indexCache) put(c *cachedIndex, x *nameIndex) {
 		ic.dropLocked(v)
 	}
 	c.size = sz
-	c.idx.Store(x)
+	c.v.Store(x)
 	c.used.Store(true)
 	c.elem = ic.ring.PushBack(c)
 	ic.bytes += sz
 }
 
-// size is what the indexes held take.
-func (ic *indexCache) size() int {
+// size is what the values held take.
+func (ic *boundedCache[T]) size() int {
 	ic.mu.Lock()
 	defer ic.mu.Unlock()
 	return ic.bytes
 }
 
 // drop empties slot c (its directory was forgotten).
-func (ic *indexCache) drop(c *cachedIndex) {
+func (ic *boundedCache[T]) drop(c *cacheSlot[T]) {
 	ic.mu.Lock()
 	defer ic.mu.Unlock()
 	if c.elem != nil {
@@ -193,21 +206,36 @@ func (ic *indexCache) drop(c *cachedIndex) {
 	}
 }
 
-func (ic *indexCache) dropLocked(c *cachedIndex) {
+func (ic *boundedCache[T]) dropLocked(c *cacheSlot[T]) {
 	ic.ring.Remove(c.elem)
 	c.elem = nil
 	ic.bytes -= c.size
 	c.size = 0
-	c.idx.Store(nil)
+	c.v.Store(nil)
 }
 
 // listing is a merged directory listing packed for memory: names
-// concatenated, inode numbers and file types side by side.
+// concatenated, inode numbers, file types and readdir cookies (dir.go)
+// side by side.
 type listing struct {
-	names []byte
-	ends  []uint32
-	inos  []uint64
-	types []uint8 // S_IFMT >> 12
+	names   []byte
+	ends    []uint32
+	inos    []uint64
+	types   []uint8 // S_IFMT >> 12
+	cookies []uint64
+	gen     uint64 // the directory's listGen it was built at
+}
+
+// size is what the listing costs, for the cache budget.
+func (l *listing) size() int { return len(l.names) + 21*len(l.ends) + 96 }
+
+// name returns the name of entry i.
+func (l *listing) name(i int) string {
+	start := uint32(0)
+	if i > 0 {
+		start = l.ends[i-1]
+	}
+	return string(l.names[start:l.ends[i]])
 }
 
 func (l *listing) add(name string, mode uint32, ino uint64) {
@@ -225,5 +253,9 @@ func (l *listing) entry(i int) fuse.DirEntry {
 	if i > 0 {
 		start = l.ends[i-1]
 	}
-	return fuse.DirEntry{Name: string(l.names[start:l.ends[i]]), Mode: uint32(l.types[i]) << 12, Ino: l.inos[i]}
+	e := fuse.DirEntry{Name: string(l.names[start:l.ends[i]]), Mode: uint32(l.types[i]) << 12, Ino: l.inos[i]}
+	if l.cookies != nil {
+		e.Off = l.cookies[i]
+	}
+	return e
 }

@@ -52,8 +52,9 @@ func TestIndexCacheBudget(t *testing.T) {
 	one := mk(100)
 	ic := &indexCache{max: 2*one.size() + one.size()/2} // room for two
 	a, b, c := &cachedIndex{}, &cachedIndex{}, &cachedIndex{}
-	ic.put(a, mk(100))
-	ic.put(b, mk(100))
+	put := func(c *cachedIndex, x *nameIndex) { ic.put(c, x, x.size()) }
+	put(a, mk(100))
+	put(b, mk(100))
 	// The clock hand passes both once (clearing their bits); a is used
 	// again since, b is not: b goes.
 	ic.mu.Lock()
@@ -64,7 +65,7 @@ func TestIndexCacheBudget(t *testing.T) {
 	if a.get() == nil {
 		t.Fatal("a dropped before the budget was reached")
 	}
-	ic.put(c, mk(100))
+	put(c, mk(100))
 	if a.get() == nil || b.get() != nil || c.get() == nil {
 		t.Errorf("after a third index: a %v b %v c %v, want a and c kept, b (least recently used) dropped",
 			a.get() != nil, b.get() != nil, c.get() != nil)
@@ -78,7 +79,7 @@ func TestIndexCacheBudget(t *testing.T) {
 	}
 	// An index bigger than the whole budget is not kept.
 	d := &cachedIndex{}
-	ic.put(d, mk(1000))
+	put(d, mk(1000))
 	if d.get() != nil || c.get() == nil {
 		t.Errorf("an index over the budget was kept (or evicted others)")
 	}

@@ -372,7 +372,7 @@ func AdoptKernelIndex(opts Options) error {
 		return fmt.Errorf("adopt kernel index of %s: %w", opts.Upper, err)
 	}
 	defer u.close()
-	if _, _, err := u.rootNode(); err != nil {
+	if err := u.rootNode(); err != nil {
 		return fmt.Errorf("adopt kernel index of %s: %w", opts.Upper, err)
 	}
 	u.adoptKernelIndex()
@@ -415,7 +415,7 @@ func KernelIndexNames(opts Options) (map[string]string, error) {
 		return nil, fmt.Errorf("read kernel index of %s: %w", opts.Upper, err)
 	}
 	defer u.close()
-	if _, _, err := u.rootNode(); err != nil {
+	if err := u.rootNode(); err != nil {
 		return nil, fmt.Errorf("read kernel index of %s: %w", opts.Upper, err)
 	}
 	out := map[string]string{}

@@ -125,8 +125,8 @@ func statDirs(t testing.TB, mnt string, dirs []string) int {
 // TestMemoryBoundedWalk stat-walks 100k files (two layers of 50k in 100
 // directories) in batches of 10k, letting the kernel forget nodes between
 // batches as memory pressure would, and checks that the union's live heap
-// stays far below what keeping every node would take (~400 bytes each,
-// 40 MB): nodes the kernel forgot are freed (nothing of the union pins
+// stays far below what keeping every node would take (~140 bytes each,
+// 14 MB): nodes the kernel forgot are freed (nothing of the union pins
 // them), the directories' name indexes stay within a budget far smaller
 // than the tree, and once the kernel has forgotten everything the heap is
 // back near where it started.
@@ -199,7 +199,7 @@ func TestMemoryBoundedWalk(t *testing.T) {
 	// FORGETs are handled asynchronously; give them a moment.
 	var after uint64
 	for i := 0; i < 20; i++ {
-		if after = liveHeap(); after < base+4<<20 {
+		if after = liveHeap(); after < base+2<<20 {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -209,12 +209,12 @@ func TestMemoryBoundedWalk(t *testing.T) {
 	if seen != 2*dirs*files {
 		t.Fatalf("walked %d names, want %d", seen, 2*dirs*files)
 	}
-	// A batch is 10k names: ~4 MB of nodes. Keeping all 100k would
-	// take ~40 MB.
-	if peak > base+16<<20 {
+	// A batch is 10k names: ~1.4 MB of nodes. Keeping all 100k would
+	// take ~14 MB.
+	if peak > base+6<<20 {
 		t.Errorf("live heap peaked at %d KiB (%d at mount): nodes the kernel forgot are kept", peak>>10, base>>10)
 	}
-	if after > base+4<<20 {
+	if after > base+2<<20 {
 		t.Errorf("live heap %d KiB after the kernel forgot every node (%d at mount)", after>>10, base>>10)
 	}
 }

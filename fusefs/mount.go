@@ -10,7 +10,6 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
@@ -34,14 +33,11 @@ func Mount(target string, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", target, err)
 	}
-	root, rootIno, err := u.rootNode()
-	if err != nil {
+	if err := u.rootNode(); err != nil {
 		u.close()
 		return nil, fmt.Errorf("mount %s: %w", target, err)
 	}
-	u.adoptKernelIndex() // kernelindex.go: what overlayfs index=on left
-	timeout := o.Timeout
-	neg := o.NegativeTimeout
+	u.adoptKernelIndex() // kernelindex.go
 	mo := fuse.MountOptions{
 		FsName:        o.FsName,
 		Name:          "layerfs",
@@ -57,9 +53,9 @@ func Mount(target string, opts Options) (*Server, error) {
 		// sync.Pool of are allocated and zeroed again. At 1 MiB, rm -rf
 		// of a lower tree took 30% longer and the daemon 5 MiB more.
 		DirectMount: os.Geteuid() == 0,
-		// READDIRPLUS only when lookups follow a listing (ls -l, find);
-		// plain READDIR otherwise (ls, huge directories).
-		ExtraCapabilities:    fuse.CAP_READDIRPLUS_AUTO,
+		// READDIRPLUS for every listing (not READDIRPLUS_AUTO, which
+		// asks for attributes in the first chunk only): the union
+		// decides per directory whether to answer with them (dir.go).
 		EnableSymlinkCaching: true,
 		Logger:               slogAdapter(o.Logger),
 	}
@@ -70,17 +66,14 @@ func Mount(target string, opts Options) (*Server, error) {
 	if mo.DirectMount {
 		mo.Options, mo.DirectMountFlags = splitMountFlags(mo.Options)
 	}
-	fo := &fs.Options{
-		MountOptions:    mo,
-		EntryTimeout:    &timeout,
-		AttrTimeout:     &timeout,
-		NegativeTimeout: &neg,
-		NullPermissions: true,
-		RootStableAttr:  &fs.StableAttr{Ino: rootIno, Mode: unix.S_IFDIR},
-		Logger:          slogAdapter(o.Logger),
-	}
-	srv, err := u.serve(target, root, fo) // acl.go: fs.Mount, recording umasks
+	srv, err := fuse.NewServer(newRawFS(u), target, &mo)
 	if err != nil {
+		u.close()
+		return nil, fmt.Errorf("mount %s: %w", target, err)
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		srv.Unmount()
 		u.close()
 		return nil, fmt.Errorf("mount %s: %w", target, err)
 	}
@@ -118,8 +111,9 @@ func (s *Server) Unmount() error {
 	return nil
 }
 
-func (u *union) rootNode() (*node, uint64, error) {
-	n := &node{u: u, isDir: true, lowerLayer: -1, hasUpper: u.upper != nil, x: &nodeExtra{lowerRel: "."}}
+// rootNode makes the view's root node and the tree of nodes it starts.
+func (u *union) rootNode() error {
+	n := &node{u: u, isDir: true, lowerLayer: -1, hasUpper: u.upper != nil, x: &nodeExtra{lowerRel: "."}, mode: typeBits(unix.S_IFDIR)}
 	var st unix.Stat_t
 	var top *layer
 	if u.upper != nil {
@@ -133,23 +127,22 @@ func (u *union) rootNode() (*node, uint64, error) {
 		n.x.lowerDirs = u.rootLowers()
 	}
 	if err := top.lstat(".", &st); err != nil {
-		return nil, 0, err
+		return err
 	}
 	n.x.lowerDirBytes = u.rootLowerBytes
 	u.rootDirs = n.x.lowerDirs
 	u.root = n
-	ino := u.inos.ino(st.Dev, st.Ino)
+	n.ino = u.inos.ino(st.Dev, st.Ino)
 	if u.upper != nil {
 		if o, ok := readOrigin(u.upper.root); ok {
-			ino = o
+			n.ino = o
 		}
-	} else if len(n.x.lowerDirs) > 0 {
-		ino = u.inos.ino(st.Dev, st.Ino)
 	}
-	if ino == 0 || ino == fuse.FUSE_ROOT_ID {
-		ino = fuse.FUSE_ROOT_ID
+	if n.ino == 0 {
+		n.ino = fuse.FUSE_ROOT_ID
 	}
-	return n, ino, nil
+	u.tree = newTree(n)
+	return nil
 }
 
 func (u *union) rootLowers() []lowerDir {

@@ -1,29 +1,45 @@
 package fusefs
 
 import (
-	"context"
+	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
+	"time"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
 	"github.com/layerfs/layerfs/ownertable"
 )
 
-// node is one object of the view. Its go-fuse identity (StableAttr.Ino) is
-// the view inode number, so every name of a hardlink group is one node.
+// node is one object of the view, as the kernel knows it (tree.go): its
+// node ID is the view inode number, so every name of a hardlink group is
+// one node.
 //
 // The kernel keeps a node for every name it caches (a stat walk of a
 // million files makes a million), so a node holds only what every object
 // needs; the rest (directories, hardlinked or open objects) lives in x.
-// With go-fuse's Inode it is 160 bytes.
 type node struct {
-	fs.Inode
 	u *union
+
+	// Kept by the tree, under tree.mu: the name the kernel knows the
+	// object by (parent nil: the root, or no name leads to it) and the
+	// kernel's references to it (lookups). kids counts the names of
+	// nodes in the table under this directory; registered says whether
+	// the node is in the table; gone, that its object's last name left
+	// the view; synthetic, that its node ID is not its inode number.
+	parent     *node
+	name       string
+	lookups    uint32
+	kids       uint32
+	registered bool
+	gone       bool
+	synthetic  bool
+
+	isDir bool   // never changes
+	mode  uint8  // the file type the view shows (S_IFMT >> 12); never changes
+	ino   uint64 // the view inode number
 
 	mu sync.Mutex // guards the fields below and x; held during this node's copy-up
 	// lowerLayer is the lower layer holding a non-dir's lower object
@@ -31,7 +47,6 @@ type node struct {
 	// joined with the node's name, or x.lowerRel where that does not
 	// hold (see lowerRelLocked).
 	lowerLayer int32
-	isDir      bool
 	hasUpper   bool // an upper object exists (dirs: at the node's union path)
 	// lowerXattrs says whether the lower object has xattrs, so the
 	// kernel's frequent probes of one that has none (security.*, on
@@ -46,6 +61,12 @@ type node struct {
 	x              *nodeExtra
 }
 
+// fileType is the S_IFMT bits of the type n shows.
+func (n *node) fileType() uint32 { return uint32(n.mode) << 12 }
+
+// typeBits packs file type bits for node.mode.
+func typeBits(mode uint32) uint8 { return uint8(mode & unix.S_IFMT >> 12) }
+
 // nodeExtra is the state few nodes need. Directories get one when made
 // (their fields below never change after); other nodes when they need it.
 type nodeExtra struct {
@@ -59,6 +80,10 @@ type nodeExtra struct {
 	lowerDirBytes int64
 	// names is the directory's slot in the mount's index cache.
 	names *cachedIndex
+	// listing is the directory's slot in the mount's listing cache
+	// (dir.go), and listGen counts its changes through the view.
+	listing *cachedListing
+	listGen uint64
 	// indexed: the data lives in the work dir's hardlink index (a lower
 	// hardlink group was copied up), shared by every name of the group.
 	indexed bool
@@ -73,10 +98,20 @@ type nodeExtra struct {
 	// open handles by I/O path; the kernel refuses to mix passthrough and
 	// cached opens of one inode.
 	openPT, openCached int
+	// backingID is the passthrough backing file the kernel was given
+	// for this inode (0: none), shared by its passthrough handles.
+	backingID int32
 	// handles holds open descriptors of upper objects: an object that
 	// left the tree (unlinked, O_TMPFILE) is still reachable through
 	// /proc/self/fd.
 	handles map[int]bool
+	// keptDir holds a removed directory's upper copy (O_PATH) while the
+	// kernel may still stat it (an open directory renamed over or
+	// removed).
+	keptDir *os.File
+	// links are further names the kernel knows a hardlinked object by
+	// (tree.go).
+	links []link
 }
 
 type xattrsKnown uint8
@@ -142,7 +177,7 @@ func (n *node) lowerRelLocked() (string, bool) {
 	if p == nil {
 		return "", false
 	}
-	return join(p.Operations().(*node).dirLowerRel(), name), true
+	return join(p.dirLowerRel(), name), true
 }
 
 // keepLowerRel records n's lower path before n moves or leaves the tree,
@@ -159,55 +194,29 @@ func (n *node) keepLowerRel() {
 	}
 }
 
-var _ fs.NodeOnForgetter = (*node)(nil)
-
-// OnForget drops the index of a directory the kernel forgot: the cache
-// holds no node, so the node itself is freed by go-fuse.
-func (n *node) OnForget() {
+// forgotten runs when n left the node table (tree.go): the kernel holds
+// it no more, so what it caches for lookups and listings goes, and the
+// node itself with the last reference to it.
+func (n *node) forgotten() {
 	n.mu.Lock()
-	var c *cachedIndex
-	if n.x != nil {
-		c = n.x.names
+	x := n.x
+	var names *cachedIndex
+	var listing *cachedListing
+	var kept *os.File
+	if x != nil {
+		names, listing, kept = x.names, x.listing, x.keptDir
+		x.keptDir = nil
 	}
 	n.mu.Unlock()
-	if c != nil {
-		n.u.indexes.drop(c)
+	if names != nil {
+		n.u.indexes.drop(names)
 	}
-}
-
-var (
-	_ fs.NodeLookuper       = (*node)(nil)
-	_ fs.NodeGetattrer      = (*node)(nil)
-	_ fs.NodeOpendirHandler = (*node)(nil)
-	_ fs.NodeStatfser       = (*node)(nil)
-	_ fs.NodeReadlinker     = (*node)(nil)
-	_ fs.NodeGetxattrer     = (*node)(nil)
-	_ fs.NodeListxattrer    = (*node)(nil)
-	_ fs.NodeAccesser       = (*node)(nil)
-)
-
-func (n *node) ino() uint64 { return n.StableAttr().Ino }
-
-// upperRel is the node's path relative to the layer roots, from the tree
-// of names go-fuse keeps. ok is false for an object no longer in the tree.
-func (n *node) upperRel() (string, bool) {
-	var segs []string
-	cur := &n.Inode
-	for !cur.IsRoot() {
-		name, p := cur.Parent()
-		if p == nil {
-			return "", false
-		}
-		segs = append(segs, name)
-		cur = p
+	if listing != nil {
+		n.u.listings.drop(listing)
 	}
-	if len(segs) == 0 {
-		return ".", true
+	if kept != nil {
+		kept.Close()
 	}
-	for i, j := 0, len(segs)-1; i < j; i, j = i+1, j-1 {
-		segs[i], segs[j] = segs[j], segs[i]
-	}
-	return strings.Join(segs, "/"), true
 }
 
 // loc is where an object's data and attributes live on disk.
@@ -235,6 +244,11 @@ func (l loc) lstat(st *unix.Stat_t) error {
 	return unix.Fstatat(l.fd, l.rel, st, unix.AT_SYMLINK_NOFOLLOW)
 }
 
+// procFd is the location of an open descriptor of the daemon's.
+func procFd(fd int, upper bool) loc {
+	return loc{fd: unix.AT_FDCWD, root: "/proc/self/fd", rel: "/proc/self/fd/" + strconv.Itoa(fd), upper: upper}
+}
+
 // where returns the object's current location.
 func (n *node) where() (loc, syscall.Errno) {
 	n.mu.Lock()
@@ -246,13 +260,16 @@ func (n *node) whereLocked() (loc, syscall.Errno) {
 	u := n.u
 	switch {
 	case n.indexedLocked():
-		return loc{fd: u.workFd, root: u.workPath, rel: u.indexRelFor(n.ino()), upper: true}, 0
+		return loc{fd: u.workFd, root: u.workPath, rel: u.indexRelFor(n.ino), upper: true}, 0
 	case n.hasUpper:
 		rel, ok := n.upperRel()
 		if !ok {
 			if n.x != nil {
 				for fd := range n.x.handles {
-					return loc{fd: unix.AT_FDCWD, root: "/proc/self/fd", rel: "/proc/self/fd/" + strconv.Itoa(fd), upper: true}, 0
+					return procFd(fd, true), 0
+				}
+				if n.x.keptDir != nil {
+					return procFd(int(n.x.keptDir.Fd()), true), 0
 				}
 			}
 			return loc{}, syscall.ENOENT
@@ -289,12 +306,13 @@ func btoi(b bool) int {
 }
 
 // newNodeFor builds a node for name, resolved in a directory whose lower
-// path is dirLowerRel. Once Lookup returns, go-fuse uses the existing node
-// of a known inode number instead (another name of a hardlink group); the
-// attributes Lookup computed from this one are then the same, as every
-// name of a copied-up group is linked in the upper or indexed.
-func (u *union) newNodeFor(f *found, dirLowerRel, name string) *node {
-	n := &node{u: u, lowerLayer: int32(f.lowerLayer)}
+// path is dirLowerRel, to stand for view inode ino. The tree uses the
+// existing node of a known inode number instead (another name of a
+// hardlink group); the attributes computed from this one are then the
+// same, as every name of a copied-up group is linked in the upper or
+// indexed.
+func (u *union) newNodeFor(f *found, dirLowerRel, name string, ino uint64) *node {
+	n := &node{u: u, lowerLayer: int32(f.lowerLayer), ino: ino, mode: typeBits(f.st.Mode)}
 	n.isDir = f.st.Mode&unix.S_IFMT == unix.S_IFDIR
 	n.hasUpper = f.upper
 	switch {
@@ -302,27 +320,19 @@ func (u *union) newNodeFor(f *found, dirLowerRel, name string) *node {
 		n.x = &nodeExtra{lowerRel: f.lowerRel, lowerDirs: f.lowerDirs, lowerDirBytes: f.lowerDirBytes}
 	case f.lowerLayer >= 0 && (f.lowerNlink > 1 || f.lowerRel != join(dirLowerRel, name)):
 		// A hardlinked object may get other parents: its path must
-		// not depend on which one go-fuse names.
+		// not depend on which one the tree names.
 		n.x = &nodeExtra{lowerRel: f.lowerRel, hasLowerRel: true}
 	}
 	return n
 }
 
-func (u *union) stableFor(f *found, ino uint64) fs.StableAttr {
-	gen := uint64(1)
-	return fs.StableAttr{Mode: f.st.Mode & unix.S_IFMT, Ino: ino, Gen: gen}
-}
-
-func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	u := n.u
-	f, errno := u.resolve(n, name)
-	if errno != 0 {
-		return nil, errno
-	}
-	dirRel, _ := n.upperRel()
-	rel := join(dirRel, name)
-	ino := u.viewIno(f, rel)
-	child := u.newNodeFor(f, n.dirLowerRel(), name)
+// entryNode makes the node for name in directory d that resolve found as
+// f (view inode ino), ready for the tree: a lower hardlink group copied
+// up earlier may live in the index, and an empty file's override record
+// may make it a device, FIFO or socket.
+func (d *node) entryNode(f *found, name, rel string, ino uint64) *node {
+	u := d.u
+	child := u.newNodeFor(f, d.dirLowerRel(), name, ino)
 	if !child.isDir && u.workFd >= 0 && (f.lowerNlink > 1 || (f.upper && f.st.Nlink > 1)) {
 		// A lower hardlink group copied up earlier (maybe in an
 		// earlier mount) lives in the index; its names may be upper
@@ -333,40 +343,82 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 			child.more().indexed = true
 		}
 	}
-	sa := u.stableFor(f, ino)
 	if !child.isDir && !child.indexedLocked() {
 		if f.upper {
-			sa.Mode = presentedType(u.upper.path(rel), &f.st)
+			child.mode = typeBits(presentedType(u.upper.path(rel), &f.st))
+		} else if !child.lowerHasXattrsAtLocked(u.lowers[f.lowerLayer].path(f.lowerRel)) {
+			// No override record to read.
 		} else {
-			sa.Mode = presentedType(u.lowers[f.lowerLayer].path(f.lowerRel), &f.st)
+			child.mode = typeBits(presentedType(u.lowers[f.lowerLayer].path(f.lowerRel), &f.st))
 		}
 	}
-	ch := n.NewInode(ctx, child, sa)
-	cn := ch.Operations().(*node)
-	if errno := cn.attrForEntry(f, rel, &out.Attr); errno != 0 {
-		return nil, errno
-	}
-	cn.mu.Lock()
-	upper := cn.hasUpper || cn.indexedLocked()
-	cn.mu.Unlock()
-	t := u.timeouts(upper)
-	out.SetEntryTimeout(t)
-	out.SetAttrTimeout(t)
-	return ch, 0
+	return child
 }
 
-func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	if errno := n.getattr(fh, &out.Attr); errno != 0 {
-		return errno
+// lookup resolves name in directory d and returns its node, with one more
+// kernel reference counted, and its entry in out.
+func (d *node) lookup(name string, out *fuse.EntryOut) (*node, syscall.Errno) {
+	u := d.u
+	f, errno := u.resolve(d, name)
+	if errno != 0 {
+		return nil, errno
 	}
+	dirRel, _ := d.upperRel()
+	rel := join(dirRel, name)
+	ino := u.viewIno(f, rel)
+	var made *node
+	if u.tree.find(ino) == nil {
+		made = d.entryNode(f, name, rel, ino)
+	}
+	n := u.tree.lookup(d, name, ino, func() *node {
+		if made == nil { // the node found was forgotten meanwhile
+			made = d.entryNode(f, name, rel, ino)
+		}
+		return made
+	})
+	var errno2 syscall.Errno
+	if n == made {
+		errno2 = n.attrForEntry(f, rel, &out.Attr)
+	} else {
+		errno2 = n.getattr(nil, &out.Attr)
+	}
+	if errno2 != 0 {
+		u.tree.release(n, 1)
+		return nil, errno2
+	}
+	n.entryOut(out)
+	return n, 0
+}
+
+// entryOut fills what a reply naming n carries besides its attributes:
+// the node ID, inode number, file type and timeouts.
+func (n *node) entryOut(out *fuse.EntryOut) {
+	out.NodeId = n.u.tree.id(n)
+	out.Generation = 1
+	n.attrOut(&out.Attr)
+	t := n.timeout()
+	out.SetEntryTimeout(t)
+	out.SetAttrTimeout(t)
+}
+
+// attrOut makes attributes read from disk n's: its inode number and the
+// file type it has shown since the kernel first saw it.
+func (n *node) attrOut(a *fuse.Attr) {
+	a.Ino = n.ino
+	a.Mode = a.Mode&07777 | n.fileType()
+}
+
+// timeout is how long the kernel may cache n's entry and attributes.
+func (n *node) timeout() time.Duration {
 	n.mu.Lock()
 	upper := n.hasUpper || n.indexedLocked()
 	n.mu.Unlock()
-	out.SetTimeout(n.u.timeouts(upper))
-	return 0
+	return n.u.timeouts(upper)
 }
 
-func (n *node) getattr(fh fs.FileHandle, out *fuse.Attr) syscall.Errno {
+// getattr fills out with n's attributes; h, when not nil, is the open
+// file the kernel asked through.
+func (n *node) getattr(h *fileHandle, out *fuse.Attr) syscall.Errno {
 	u := n.u
 	n.mu.Lock()
 	l, errno := n.whereLocked()
@@ -382,27 +434,22 @@ func (n *node) getattr(fh fs.FileHandle, out *fuse.Attr) syscall.Errno {
 	}
 	n.mu.Unlock()
 	var st unix.Stat_t
-	if hf := asHandle(fh); hf != nil {
-		if err := unix.Fstat(hf.fd, &st); err != nil {
-			return fs.ToErrno(err)
+	if h != nil {
+		if err := unix.Fstat(h.fd, &st); err != nil {
+			return toErrno(err)
 		}
 		if errno != 0 {
-			l = loc{root: "/proc/self/fd", rel: strconv.Itoa(hf.fd)}
+			l = procFd(h.fd, h.upper)
 		}
-	} else if dh, ok := fh.(*dirHandle); ok && errno != 0 && dh.fd >= 0 {
-		if err := unix.Fstat(dh.fd, &st); err != nil {
-			return fs.ToErrno(err)
-		}
-		l = loc{fd: unix.AT_FDCWD, rel: "/proc/self/fd/" + strconv.Itoa(dh.fd)}
 	} else {
 		if errno != 0 {
 			return errno
 		}
 		if err := l.lstat(&st); err != nil {
-			return fs.ToErrno(err)
+			return toErrno(err)
 		}
 	}
-	u.fillAttrX(l.path(), &st, n.ino(), out, mayHaveXattrs)
+	u.fillAttrX(l.path(), &st, n.ino, out, mayHaveXattrs)
 	if errno == 0 {
 		n.showSpecialOwner(l, &st, out, indexed, lowerLayer) // ownertable.go
 	}
@@ -420,10 +467,11 @@ func (n *node) getattr(fh fs.FileHandle, out *fuse.Attr) syscall.Errno {
 	case lowerOnly && st.Nlink > 1:
 		out.Nlink = n.viewNlink(lowerLayer, &st)
 	}
+	n.attrOut(out)
 	return 0
 }
 
-func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+func (n *node) statfs(out *fuse.StatfsOut) syscall.Errno {
 	u := n.u
 	var s syscall.Statfs_t
 	var err error
@@ -433,13 +481,13 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 		err = syscall.Fstatfs(u.lowers[0].fd, &s)
 	}
 	if err != nil {
-		return fs.ToErrno(err)
+		return toErrno(err)
 	}
 	out.FromStatfsT(&s)
 	return 0
 }
 
-func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+func (n *node) readlink() ([]byte, syscall.Errno) {
 	l, errno := n.where()
 	if errno != 0 {
 		return nil, errno
@@ -448,7 +496,7 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 		buf := make([]byte, sz)
 		m, err := unix.Readlinkat(l.fd, l.rel, buf)
 		if err != nil {
-			return nil, fs.ToErrno(err)
+			return nil, toErrno(err)
 		}
 		if m < sz {
 			return buf[:m], 0
@@ -456,11 +504,7 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	}
 }
 
-func (n *node) Access(ctx context.Context, mask uint32) syscall.Errno {
-	return n.access(mask) // permissions.go
-}
-
-func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+func (n *node) getxattr(attr string, dest []byte) (uint32, syscall.Errno) {
 	if n.u.opts.NoXattrs {
 		return 0, syscall.ENOTSUP
 	}
@@ -489,10 +533,10 @@ func (n *node) storedXattr(attr string, dest []byte) (uint32, syscall.Errno) {
 		return 0, errno
 	}
 	sz, err := unix.Lgetxattr(l.path(), attr, dest)
-	return uint32(max(sz, 0)), fs.ToErrno(err)
+	return uint32(max(sz, 0)), toErrno(err)
 }
 
-func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+func (n *node) listxattr(dest []byte) (uint32, syscall.Errno) {
 	if n.u.opts.NoXattrs {
 		return 0, syscall.ENOTSUP
 	}
@@ -502,7 +546,7 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 	}
 	names, err := listXattrs(l.path())
 	if err != nil {
-		return 0, fs.ToErrno(err)
+		return 0, toErrno(err)
 	}
 	names = presentCapability(names) // capability.go
 	var b []byte
@@ -540,13 +584,10 @@ func (n *node) lowerHasXattrsAtLocked(path string) bool {
 	return n.lowerXattrs == xattrsSome
 }
 
-// attrForEntry fills the attributes of a node just looked up or made. A
-// new node is not in go-fuse's tree yet (its path is unknown until the
-// reply), so they come from what resolve found.
+// attrForEntry fills the attributes of a node just made for what resolve
+// found (f, at upper path upperRel). The tree names it already, but the
+// attributes come from f, which holds its stat.
 func (n *node) attrForEntry(f *found, upperRel string, out *fuse.Attr) syscall.Errno {
-	if _, p := n.Parent(); p != nil {
-		return n.getattr(nil, out)
-	}
 	u := n.u
 	n.mu.Lock()
 	indexed := n.indexedLocked()
@@ -556,9 +597,9 @@ func (n *node) attrForEntry(f *found, upperRel string, out *fuse.Attr) syscall.E
 	var path string
 	switch {
 	case indexed:
-		rel := u.indexRelFor(n.ino())
+		rel := u.indexRelFor(n.ino)
 		if err := unix.Fstatat(u.workFd, rel, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return fs.ToErrno(err)
+			return toErrno(err)
 		}
 		path = u.workPath + "/" + rel
 	case f.upper:
@@ -576,7 +617,7 @@ func (n *node) attrForEntry(f *found, upperRel string, out *fuse.Attr) syscall.E
 		mayHaveXattrs = n.lowerHasXattrsAtLocked(path)
 		n.mu.Unlock()
 	}
-	u.fillAttrX(path, &st, n.ino(), out, mayHaveXattrs)
+	u.fillAttrX(path, &st, n.ino, out, mayHaveXattrs)
 	if li := f.lowerLayer; ownertable.NeedsTable(st.Mode) {
 		if f.upper && !indexed {
 			li = -1 // a new object or a copy: the upper table alone
@@ -597,5 +638,6 @@ func (n *node) attrForEntry(f *found, upperRel string, out *fuse.Attr) syscall.E
 	case !f.upper && !n.isDir && f.lowerLayer >= 0 && st.Nlink > 1:
 		out.Nlink = n.viewNlink(f.lowerLayer, &st)
 	}
+	n.attrOut(out)
 	return 0
 }

@@ -1,12 +1,11 @@
 package fusefs
 
 import (
-	"context"
 	"errors"
+	"os"
 	"strconv"
 	"syscall"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
@@ -14,29 +13,9 @@ import (
 	"github.com/layerfs/layerfs/whiteout"
 )
 
-var (
-	_ fs.NodeCreater       = (*node)(nil)
-	_ fs.NodeMkdirer       = (*node)(nil)
-	_ fs.NodeMknoder       = (*node)(nil)
-	_ fs.NodeSymlinker     = (*node)(nil)
-	_ fs.NodeLinker        = (*node)(nil)
-	_ fs.NodeUnlinker      = (*node)(nil)
-	_ fs.NodeRmdirer       = (*node)(nil)
-	_ fs.NodeRenamer       = (*node)(nil)
-	_ fs.NodeOpener        = (*node)(nil)
-	_ fs.NodeSetattrer     = (*node)(nil)
-	_ fs.NodeSetxattrer    = (*node)(nil)
-	_ fs.NodeRemovexattrer = (*node)(nil)
-	_ fs.NodeFsyncer       = (*node)(nil)
-)
-
 // owner returns the on-disk uid/gid a new object of the caller gets.
-func (u *union) owner(ctx context.Context) (uid, gid int) {
+func (u *union) owner(c *call) (uid, gid int) {
 	uid, gid = -1, -1
-	c, ok := fuse.FromContext(ctx)
-	if !ok {
-		return
-	}
 	if v, ok := u.uids.toDisk(c.Uid); ok {
 		uid = int(v)
 	}
@@ -49,8 +28,8 @@ func (u *union) owner(ctx context.Context) (uid, gid int) {
 // setNewOwner chowns a new object at path to the caller, keeping the group
 // the kernel chose when the parent is set-group-ID (as it would natively),
 // and restoring set-id bits that chown cleared.
-func (u *union) setNewOwner(ctx context.Context, parentSt *unix.Stat_t, path string, mode uint32, isLink bool) error {
-	uid, gid := u.owner(ctx)
+func (u *union) setNewOwner(c *call, parentSt *unix.Stat_t, path string, mode uint32, isLink bool) error {
+	uid, gid := u.owner(c)
 	if parentSt.Mode&unix.S_ISGID != 0 {
 		gid = int(parentSt.Gid)
 	}
@@ -93,7 +72,7 @@ func (u *union) prepareCreate(d *node, name string) (*createSpot, syscall.Errno)
 	}
 	s := &createSpot{rel: join(drel, name)}
 	if err := u.upper.lstat(drel, &s.parentSt); err != nil {
-		return nil, fs.ToErrno(err)
+		return nil, toErrno(err)
 	}
 	var st unix.Stat_t
 	if err := u.upper.lstat(s.rel, &st); err == nil {
@@ -129,84 +108,88 @@ func (u *union) place(s *createSpot, tmp string, isDir bool) error {
 	return nil
 }
 
-// newChild registers a freshly made upper object and fills out.
-func (d *node) newChild(ctx context.Context, name, rel string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+// newChild registers an upper object made under name and fills out with
+// its attributes.
+func (d *node) newChild(name, rel string, out *fuse.Attr) (*node, syscall.Errno) {
 	u := d.u
+	d.dirChanged()
 	var st unix.Stat_t
 	if err := u.upper.lstat(rel, &st); err != nil {
-		return nil, fs.ToErrno(err)
+		return nil, toErrno(err)
 	}
 	f := &found{st: st, upper: true, lowerLayer: -1, lowerRel: join(d.dirLowerRel(), name)}
 	ino := u.viewIno(f, rel)
-	child := u.newNodeFor(f, d.dirLowerRel(), name)
-	ch := d.NewInode(ctx, child, u.stableFor(f, ino))
-	cn := ch.Operations().(*node)
-	if errno := cn.attrForEntry(f, rel, &out.Attr); errno != 0 {
+	made := u.newNodeFor(f, d.dirLowerRel(), name, ino)
+	n := u.tree.lookup(d, name, ino, func() *node { return made })
+	var errno syscall.Errno
+	if n == made {
+		errno = n.attrForEntry(f, rel, out)
+	} else {
+		errno = n.getattr(nil, out)
+	}
+	if errno != 0 {
+		u.tree.release(n, 1)
 		return nil, errno
 	}
-	out.SetEntryTimeout(u.opts.Timeout)
-	out.SetAttrTimeout(u.opts.Timeout)
-	return ch, 0
+	return n, 0
 }
 
-func (d *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
-	if ch, fh, fl, errno, err := d.createDirect(ctx, name, flags, mode, out); err == nil { // createdirect.go
-		return ch, fh, fl, errno
+func (d *node) create(c *call, name string, flags uint32, mode uint32, out *fuse.Attr) (*node, *fileHandle, syscall.Errno) {
+	if n, fh, errno, err := d.createDirect(c, name, flags, mode, out); err == nil { // createdirect.go
+		return n, fh, errno
 	}
 	u := d.u
 	s, errno := u.prepareCreate(d, name)
 	if errno != 0 {
-		return nil, nil, 0, errno
+		return nil, nil, errno
 	}
 	oflags := int(flags)&^(unix.O_APPEND|unix.O_CREAT|unix.O_EXCL|fuse.FMODE_EXEC) | unix.O_CLOEXEC
-	obj := u.newObjectIn(ctx, s, mode, false)
+	obj := u.newObjectIn(c, s, mode, false)
 	tmp := u.tmpName()
 	fd, err := unix.Openat(u.workFd, tmp, oflags|unix.O_CREAT|unix.O_EXCL, obj.mode)
 	if err != nil {
-		return nil, nil, 0, fs.ToErrno(err)
+		return nil, nil, toErrno(err)
 	}
-	err = u.setNewOwner(ctx, &s.parentSt, u.workPath+"/"+tmp, obj.mode, false)
+	err = u.setNewOwner(c, &s.parentSt, u.workPath+"/"+tmp, obj.mode, false)
 	if err == nil {
 		err = u.applyNewObject(u.workPath+"/"+tmp, -1, obj)
 	}
 	if err != nil {
 		unix.Close(fd)
 		unix.Unlinkat(u.workFd, tmp, 0)
-		return nil, nil, 0, fs.ToErrno(err)
+		return nil, nil, toErrno(err)
 	}
 	if err := u.place(s, tmp, false); err != nil {
 		unix.Close(fd)
 		unix.Unlinkat(u.workFd, tmp, 0)
-		return nil, nil, 0, fs.ToErrno(err)
+		return nil, nil, toErrno(err)
 	}
-	ch, errno := d.newChild(ctx, name, s.rel, out)
+	n, errno := d.newChild(name, s.rel, out)
 	if errno != 0 {
 		unix.Close(fd)
-		return nil, nil, 0, errno
+		return nil, nil, errno
 	}
-	cn := ch.Operations().(*node)
-	fh, fl := u.newHandle(cn, fd, oflags, true, s.rel)
-	return ch, fh, fl, 0
+	return n, u.newHandle(n, fd, oflags, true, s.rel), 0
 }
 
-func (d *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	if ch, errno, err := d.mkdirDirect(ctx, name, mode, out); err == nil { // createdirect.go
-		return ch, errno
+func (d *node) mkdir(c *call, name string, mode uint32, out *fuse.Attr) (*node, syscall.Errno) {
+	if n, errno, err := d.mkdirDirect(c, name, mode, out); err == nil { // createdirect.go
+		return n, errno
 	}
 	u := d.u
 	s, errno := u.prepareCreate(d, name)
 	if errno != 0 {
 		return nil, errno
 	}
-	obj := u.newObjectIn(ctx, s, mode, true)
+	obj := u.newObjectIn(c, s, mode, true)
 	tmp := u.tmpName()
 	if err := unix.Mkdirat(u.workFd, tmp, obj.mode); err != nil {
-		return nil, fs.ToErrno(err)
+		return nil, toErrno(err)
 	}
 	tmpPath := u.workPath + "/" + tmp
-	fail := func(err error) (*fs.Inode, syscall.Errno) {
+	fail := func(err error) (*node, syscall.Errno) {
 		unix.Unlinkat(u.workFd, tmp, unix.AT_REMOVEDIR)
-		return nil, fs.ToErrno(err)
+		return nil, toErrno(err)
 	}
 	// The work dir is not set-group-ID: give the new dir what the
 	// parent would have given it.
@@ -215,7 +198,7 @@ func (d *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 		unix.Chmod(tmpPath, obj.mode|unix.S_ISGID)
 		obj.mode |= unix.S_ISGID
 	}
-	if err := u.setNewOwner(ctx, &s.parentSt, tmpPath, obj.mode, false); err != nil {
+	if err := u.setNewOwner(c, &s.parentSt, tmpPath, obj.mode, false); err != nil {
 		return fail(err)
 	}
 	if err := u.applyNewObject(tmpPath, -1, obj); err != nil {
@@ -229,17 +212,17 @@ func (d *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	if err := u.place(s, tmp, true); err != nil {
 		return fail(err)
 	}
-	ch, errno := d.newChild(ctx, name, s.rel, out)
+	n, errno := d.newChild(name, s.rel, out)
 	if errno == 0 {
-		ch.Operations().(*node).markUpperMadeHere()
+		n.markUpperMadeHere()
 	}
-	return ch, errno
+	return n, errno
 }
 
 // newObjectIn is newObjectMode for an object about to be made at s.
-func (u *union) newObjectIn(ctx context.Context, s *createSpot, mode uint32, isDir bool) newObject {
+func (u *union) newObjectIn(c *call, s *createSpot, mode uint32, isDir bool) newObject {
 	dir, _ := splitRel(s.rel)
-	return u.newObjectMode(ctx, u.upper.path(dir), mode, isDir)
+	return u.newObjectMode(c, u.upper.path(dir), mode, isDir)
 }
 
 // setOpaque marks an upper dir opaque in the configured namespace, falling
@@ -258,33 +241,33 @@ func (u *union) setOpaque(path string) error {
 	return unix.Close(fd)
 }
 
-func (d *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+func (d *node) mknod(c *call, name string, mode, rdev uint32, out *fuse.Attr) (*node, syscall.Errno) {
 	u := d.u
 	s, errno := u.prepareCreate(d, name)
 	if errno != 0 {
 		return nil, errno
 	}
-	obj := u.newObjectIn(ctx, s, mode&07777, false)
+	obj := u.newObjectIn(c, s, mode&07777, false)
 	tmp := u.tmpName()
 	if err := unix.Mknodat(u.workFd, tmp, mode&unix.S_IFMT|obj.mode, int(rdev)); err != nil {
-		return nil, fs.ToErrno(err)
+		return nil, toErrno(err)
 	}
-	err := u.setNewOwner(ctx, &s.parentSt, u.workPath+"/"+tmp, obj.mode, false)
+	err := u.setNewOwner(c, &s.parentSt, u.workPath+"/"+tmp, obj.mode, false)
 	if err == nil {
 		err = u.applyNewObject(u.workPath+"/"+tmp, -1, obj)
 	}
 	if err != nil {
 		unix.Unlinkat(u.workFd, tmp, 0)
-		return nil, fs.ToErrno(err)
+		return nil, toErrno(err)
 	}
 	if err := u.place(s, tmp, false); err != nil {
 		unix.Unlinkat(u.workFd, tmp, 0)
-		return nil, fs.ToErrno(err)
+		return nil, toErrno(err)
 	}
-	return d.newChild(ctx, name, s.rel, out)
+	return d.newChild(name, s.rel, out)
 }
 
-func (d *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+func (d *node) symlink(c *call, target, name string, out *fuse.Attr) (*node, syscall.Errno) {
 	u := d.u
 	s, errno := u.prepareCreate(d, name)
 	if errno != 0 {
@@ -292,25 +275,21 @@ func (d *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 	}
 	tmp := u.tmpName()
 	if err := unix.Symlinkat(target, u.workFd, tmp); err != nil {
-		return nil, fs.ToErrno(err)
+		return nil, toErrno(err)
 	}
-	if err := u.setNewOwner(ctx, &s.parentSt, u.workPath+"/"+tmp, 0, true); err != nil {
+	if err := u.setNewOwner(c, &s.parentSt, u.workPath+"/"+tmp, 0, true); err != nil {
 		unix.Unlinkat(u.workFd, tmp, 0)
-		return nil, fs.ToErrno(err)
+		return nil, toErrno(err)
 	}
 	if err := u.place(s, tmp, false); err != nil {
 		unix.Unlinkat(u.workFd, tmp, 0)
-		return nil, fs.ToErrno(err)
+		return nil, toErrno(err)
 	}
-	return d.newChild(ctx, name, s.rel, out)
+	return d.newChild(name, s.rel, out)
 }
 
-func (d *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+func (d *node) link(c *call, tn *node, name string, out *fuse.Attr) (*node, syscall.Errno) {
 	u := d.u
-	tn, ok := target.(*node)
-	if !ok {
-		return nil, syscall.EXDEV
-	}
 	if tn.isDir {
 		return nil, syscall.EPERM
 	}
@@ -334,11 +313,11 @@ func (d *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 		lflags = unix.AT_SYMLINK_FOLLOW
 	}
 	if err := unix.Linkat(l.fd, l.rel, u.workFd, tmp, lflags); err != nil {
-		return nil, fs.ToErrno(err)
+		return nil, toErrno(err)
 	}
 	if err := u.place(s, tmp, false); err != nil {
 		unix.Unlinkat(u.workFd, tmp, 0)
-		return nil, fs.ToErrno(err)
+		return nil, toErrno(err)
 	}
 	tn.mu.Lock()
 	if tn.indexedLocked() {
@@ -346,13 +325,13 @@ func (d *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	}
 	tn.mu.Unlock()
 	u.linkSpecialOwner(tn, l, s.rel) // ownertable.go
-	ch := d.NewInode(ctx, tn, tn.StableAttr())
-	if errno := tn.getattr(nil, &out.Attr); errno != 0 {
+	d.dirChanged()
+	n := u.tree.adopt(tn, d, name)
+	if errno := n.getattr(nil, out); errno != 0 {
+		u.tree.release(n, 1)
 		return nil, errno
 	}
-	out.SetEntryTimeout(u.opts.Timeout)
-	out.SetAttrTimeout(u.opts.Timeout)
-	return ch, 0
+	return n, 0
 }
 
 // adjustNlink moves the union link count recorded on an index entry.
@@ -436,16 +415,20 @@ func (u *union) replaceWithWhiteout(rel string, isDir bool) error {
 	return nil
 }
 
-func (d *node) childNode(ctx context.Context, name string) (*node, syscall.Errno) {
-	if ch := d.GetChild(name); ch != nil {
-		return ch.Operations().(*node), 0
+// childNode returns the node of what name shows in d (f, as resolve
+// found it): the one the kernel knows, or, when it holds none, a node of
+// this request's own, which no later request sees.
+func (d *node) childNode(name string, f *found) *node {
+	u := d.u
+	dirRel, _ := d.upperRel()
+	rel := join(dirRel, name)
+	ino := u.viewIno(f, rel)
+	if n := u.tree.find(ino); n != nil {
+		return n
 	}
-	var out fuse.EntryOut
-	ch, errno := d.Lookup(ctx, name, &out)
-	if errno != 0 {
-		return nil, errno
-	}
-	return ch.Operations().(*node), 0
+	n := d.entryNode(f, name, rel, ino)
+	n.parent, n.name = d, name // unregistered: no count in d.kids
+	return n
 }
 
 // removable resolves name in d for unlink or rmdir; a read-only view
@@ -457,7 +440,7 @@ func (u *union) removable(d *node, name string) (*found, syscall.Errno) {
 	return u.resolve(d, name)
 }
 
-func (d *node) Unlink(ctx context.Context, name string) syscall.Errno {
+func (d *node) unlink(name string) syscall.Errno {
 	u := d.u
 	// Names of lower hardlink groups may go: recount them.
 	defer u.viewGen.Add(1)
@@ -468,11 +451,9 @@ func (d *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	if f.st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		return syscall.EISDIR
 	}
-	cn, _ := d.childNode(ctx, name)
-	if cn != nil {
-		// It leaves the tree but may stay open.
-		cn.keepLowerRel()
-	}
+	cn := d.childNode(name, f)
+	// It leaves the tree but may stay open.
+	cn.keepLowerRel()
 	rel, needWh, errno := u.removalTarget(d, name, f.upper)
 	if errno != 0 {
 		return errno
@@ -487,16 +468,16 @@ func (d *node) Unlink(ctx context.Context, name string) syscall.Errno {
 		err = u.makeWhiteout(rel)
 	}
 	if err != nil {
-		return fs.ToErrno(err)
+		return toErrno(err)
 	}
 	u.dropSpecialOwner(rel) // ownertable.go
-	if cn != nil {
-		cn.mu.Lock()
-		if cn.indexedLocked() {
-			adjustNlink(u.workPath+"/"+u.indexRelFor(cn.ino()), u.ns, -1)
-		}
-		cn.mu.Unlock()
+	cn.mu.Lock()
+	if cn.indexedLocked() {
+		adjustNlink(u.workPath+"/"+u.indexRelFor(cn.ino), u.ns, -1)
 	}
+	cn.mu.Unlock()
+	d.dirChanged()
+	u.tree.removeName(cn, d, name, f.st.Nlink <= 1)
 	return 0
 }
 
@@ -542,7 +523,7 @@ func (u *union) clearUpperDir(rel string) error {
 	return nil
 }
 
-func (d *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+func (d *node) rmdir(name string) syscall.Errno {
 	u := d.u
 	// Names of lower hardlink groups may go: recount them.
 	defer u.viewGen.Add(1)
@@ -553,10 +534,7 @@ func (d *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if f.st.Mode&unix.S_IFMT != unix.S_IFDIR {
 		return syscall.ENOTDIR
 	}
-	cn, errno := d.childNode(ctx, name)
-	if errno != 0 {
-		return errno
-	}
+	cn := d.childNode(name, f)
 	if errno := u.emptyForRmdir(cn); errno != 0 {
 		return errno
 	}
@@ -568,8 +546,9 @@ func (d *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	switch {
 	case f.upper:
 		if err = u.clearUpperDir(rel); err != nil {
-			return fs.ToErrno(err)
+			return toErrno(err)
 		}
+		cn.keepDir(rel)
 		if needWh {
 			err = u.replaceWithWhiteout(rel, true)
 		} else {
@@ -578,10 +557,35 @@ func (d *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	default:
 		err = u.makeWhiteout(rel)
 	}
-	return fs.ToErrno(err)
+	if err != nil {
+		return toErrno(err)
+	}
+	d.dirChanged()
+	u.tree.removeName(cn, d, name, true)
+	return 0
 }
 
-func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+// keepDir holds directory n's upper copy at rel open, when the kernel
+// knows n, so that an open directory still stats after rmdir or a rename
+// onto it (kernel overlayfs shows the removed directory too).
+func (n *node) keepDir(rel string) {
+	if !n.isDir || !n.u.tree.holds(n) {
+		return
+	}
+	fd, err := unix.Openat(n.u.upper.fd, rel, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	n.mu.Lock()
+	x := n.more()
+	if x.keptDir != nil {
+		x.keptDir.Close()
+	}
+	x.keptDir = os.NewFile(uintptr(fd), rel)
+	n.mu.Unlock()
+}
+
+func (n *node) setattr(c *call, hf *fileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	u := n.u
 	if u.readOnly {
 		return syscall.EROFS
@@ -591,17 +595,16 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 		return errno
 	}
 	l, errno := n.where()
-	hf := asHandle(fh)
 	if errno != 0 {
 		if hf == nil || !hf.upper {
 			return errno
 		}
-		l = loc{fd: unix.AT_FDCWD, rel: "/proc/self/fd/" + strconv.Itoa(hf.fd), upper: true}
+		l = procFd(hf.fd, true)
 	}
 	path := l.path()
 	var st unix.Stat_t
 	if err := unix.Lstat(path, &st); err != nil {
-		return fs.ToErrno(err)
+		return toErrno(err)
 	}
 	var ov statoverride.Stat
 	hasOv := false
@@ -632,12 +635,12 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 			ov.GID = gid
 		}
 		if err := statoverride.Set(path, ov); err != nil {
-			return fs.ToErrno(errors.Unwrap(err))
+			return toErrno(errors.Unwrap(err))
 		}
 	} else {
 		if hasUID || hasGID {
 			if err := u.chownNative(path, hasUID, uid, hasGID, gid); err != nil { // ownertable.go
-				return fs.ToErrno(err)
+				return toErrno(err)
 			}
 		}
 		if hasMode {
@@ -645,7 +648,7 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 				return syscall.EOPNOTSUPP
 			}
 			if err := unix.Fchmodat(unix.AT_FDCWD, path, mode&07777, 0); err != nil {
-				return fs.ToErrno(err)
+				return toErrno(err)
 			}
 		}
 	}
@@ -657,7 +660,7 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 			err = unix.Truncate(path, int64(size))
 		}
 		if err != nil {
-			return fs.ToErrno(err)
+			return toErrno(err)
 		}
 	}
 	atime, hasA := in.GetATime()
@@ -675,17 +678,17 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 			ts[1] = unix.NsecToTimespec(mtime.UnixNano())
 		}
 		if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return fs.ToErrno(err)
+			return toErrno(err)
 		}
 	}
-	if errno := n.getattr(fh, &out.Attr); errno != 0 {
+	if errno := n.getattr(hf, &out.Attr); errno != 0 {
 		return errno
 	}
 	out.SetTimeout(u.opts.Timeout)
 	return 0
 }
 
-func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+func (n *node) setxattr(attr string, data []byte, flags uint32) syscall.Errno {
 	u := n.u
 	if u.opts.NoXattrs {
 		return syscall.ENOTSUP
@@ -706,10 +709,10 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if errno != 0 {
 		return errno
 	}
-	return fs.ToErrno(unix.Lsetxattr(l.path(), attr, data, int(flags)))
+	return toErrno(unix.Lsetxattr(l.path(), attr, data, int(flags)))
 }
 
-func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+func (n *node) removexattr(attr string) syscall.Errno {
 	u := n.u
 	if u.opts.NoXattrs {
 		return syscall.ENOTSUP
@@ -727,7 +730,7 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	}
 	attr = storedCapabilityName(l.path(), attr) // capability.go
 	if _, err := unix.Lgetxattr(l.path(), attr, nil); err != nil {
-		return fs.ToErrno(err)
+		return toErrno(err)
 	}
 	if errno := u.copyUp(n, false); errno != 0 {
 		return errno
@@ -735,78 +738,65 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if l, errno = n.where(); errno != 0 {
 		return errno
 	}
-	return fs.ToErrno(unix.Lremovexattr(l.path(), attr))
+	return toErrno(unix.Lremovexattr(l.path(), attr))
 }
 
-func (n *node) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscall.Errno {
-	if hf := asHandle(fh); hf != nil {
-		return hf.Fsync(ctx, flags)
-	}
-	return 0
-}
-
-func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+func (n *node) open(flags uint32) (*fileHandle, syscall.Errno) {
 	u := n.u
 	write := flags&unix.O_ACCMODE != unix.O_RDONLY || flags&unix.O_TRUNC != 0
 	if write {
 		if u.readOnly {
-			return nil, 0, syscall.EROFS
+			return nil, syscall.EROFS
 		}
 		if errno := u.copyUp(n, flags&unix.O_TRUNC != 0); errno != 0 {
-			return nil, 0, errno
+			return nil, errno
 		}
 	}
 	l, errno := n.where()
 	if errno != 0 {
-		return nil, 0, errno
+		return nil, errno
 	}
 	oflags := int(flags)&^(unix.O_APPEND|unix.O_CREAT|unix.O_EXCL|fuse.FMODE_EXEC) | unix.O_CLOEXEC | unix.O_NOFOLLOW
 	fd, err := unix.Openat(l.fd, l.rel, oflags, 0)
 	if err != nil {
-		return nil, 0, fs.ToErrno(err)
+		return nil, toErrno(err)
 	}
-	fh, fl := u.newHandle(n, fd, oflags, l.upper, l.rel)
-	return fh, fl, 0
+	return u.newHandle(n, fd, oflags, l.upper, l.rel), 0
 }
 
-var _ fs.NodeTmpfiler = (*node)(nil)
-
-// Tmpfile makes an O_TMPFILE file in the upper copy of the directory.
-func (d *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+// tmpfile makes an O_TMPFILE file in the upper copy of directory d.
+func (d *node) tmpfile(c *call, flags uint32, mode uint32, out *fuse.Attr) (*node, *fileHandle, syscall.Errno) {
 	u := d.u
 	if u.readOnly || u.upper == nil {
-		return nil, nil, 0, syscall.EROFS
+		return nil, nil, syscall.EROFS
 	}
 	if errno := u.copyUpDir(d); errno != 0 {
-		return nil, nil, 0, errno
+		return nil, nil, errno
 	}
 	drel, ok := d.upperRel()
 	if !ok {
-		return nil, nil, 0, syscall.ENOENT
+		return nil, nil, syscall.ENOENT
 	}
 	oflags := int(flags)&^(unix.O_APPEND|unix.O_CREAT|unix.O_EXCL|fuse.FMODE_EXEC) | unix.O_CLOEXEC
-	obj := u.newObjectMode(ctx, u.upper.path(drel), mode, false)
+	obj := u.newObjectMode(c, u.upper.path(drel), mode, false)
 	fd, err := unix.Openat(u.upper.fd, drel, oflags|unix.O_TMPFILE, obj.mode)
 	if err != nil {
-		return nil, nil, 0, fs.ToErrno(err)
+		return nil, nil, toErrno(err)
 	}
 	var pst, st unix.Stat_t
 	u.upper.lstat(drel, &pst)
 	path := "/proc/self/fd/" + strconv.Itoa(fd)
-	u.setNewOwner(ctx, &pst, path, obj.mode, false)
+	u.setNewOwner(c, &pst, path, obj.mode, false)
 	u.applyNewObject(path, fd, obj)
 	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
-		return nil, nil, 0, fs.ToErrno(err)
+		return nil, nil, toErrno(err)
 	}
 	f := &found{st: st, upper: true, lowerLayer: -1}
-	child := u.newNodeFor(f, ".", "")
 	ino := u.inos.ino(st.Dev, st.Ino)
-	ch := d.NewInode(ctx, child, u.stableFor(f, ino))
-	cn := ch.Operations().(*node)
-	u.fillAttr(path, &st, ino, &out.Attr)
-	out.SetEntryTimeout(u.opts.Timeout)
-	out.SetAttrTimeout(u.opts.Timeout)
-	fh, fl := u.newHandle(cn, fd, oflags, true, "(O_TMPFILE)")
-	return ch, fh, fl, 0
+	made := u.newNodeFor(f, ".", "", ino)
+	n := u.tree.lookup(nil, "", ino, func() *node { return made })
+	u.fillAttr(path, &st, ino, out)
+	n.attrOut(out)
+	return n, u.newHandle(n, fd, oflags, true, "(O_TMPFILE)"), 0
 }

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
@@ -389,7 +388,7 @@ func (u *union) setSpecialOwner(n *node, l loc, st *unix.Stat_t, in *fuse.SetAtt
 				return false, 0 // mode, if asked, natively too
 			}
 			if !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.EINVAL) {
-				return true, fs.ToErrno(err)
+				return true, toErrno(err)
 			}
 		} else {
 			return false, 0

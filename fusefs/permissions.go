@@ -3,7 +3,6 @@ package fusefs
 import (
 	"syscall"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
@@ -70,5 +69,5 @@ func (n *node) access(mask uint32) syscall.Errno {
 	if want == 0 {
 		return 0
 	}
-	return fs.ToErrno(unix.Faccessat(unix.AT_FDCWD, l.path(), want, unix.AT_EACCESS))
+	return toErrno(unix.Faccessat(unix.AT_FDCWD, l.path(), want, unix.AT_EACCESS))
 }

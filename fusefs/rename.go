@@ -1,10 +1,8 @@
 package fusefs
 
 import (
-	"context"
 	"syscall"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"golang.org/x/sys/unix"
 )
 
@@ -16,16 +14,12 @@ import (
 // answering EXDEV. An upper-only directory moved onto a name the lowers
 // hold is marked opaque so the lowers' entries there stay hidden. The old
 // name gets a whiteout when the lowers still hold it.
-func (d *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+func (d *node) rename(name string, nd *node, newName string, flags uint32) syscall.Errno {
 	u := d.u
 	// Names of lower hardlink groups may go: recount them.
 	defer u.viewGen.Add(1)
 	if u.readOnly || u.upper == nil {
 		return syscall.EROFS
-	}
-	nd, ok := newParent.(*node)
-	if !ok {
-		return syscall.EXDEV
 	}
 	const known = unix.RENAME_NOREPLACE | unix.RENAME_EXCHANGE
 	if flags&^known != 0 || flags == known {
@@ -47,10 +41,7 @@ func (d *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	if exchange && !dstExists {
 		return syscall.ENOENT
 	}
-	sn, errno := d.childNode(ctx, name)
-	if errno != 0 {
-		return errno
-	}
+	sn := d.childNode(name, src)
 	srcDir := src.st.Mode&unix.S_IFMT == unix.S_IFDIR
 	if srcDir || (exchange && dst.st.Mode&unix.S_IFMT == unix.S_IFDIR) {
 		// Directories move: the paths redirects show change.
@@ -58,9 +49,7 @@ func (d *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	}
 	var dn *node
 	if dstExists {
-		if dn, errno = nd.childNode(ctx, newName); errno != 0 {
-			return errno
-		}
+		dn = nd.childNode(newName, dst)
 		if dn == sn {
 			// Two names of one object: rename(2) does nothing.
 			return 0
@@ -110,21 +99,26 @@ func (d *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 			return errno
 		}
 		if err := unix.Renameat2(u.upper.fd, srel, u.upper.fd, drel, unix.RENAME_EXCHANGE); err != nil {
-			return fs.ToErrno(err)
+			return toErrno(err)
 		}
 		u.moveSpecialOwners(srel, drel, true) // ownertable.go
+		d.dirChanged()
+		nd.dirChanged()
+		u.tree.move(sn, d, name, nd, newName)
+		u.tree.move(dn, nd, newName, d, name)
 		return 0
 	}
 	if dstExists && dst.upper && dst.st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		if err := u.clearUpperDir(drel); err != nil {
-			return fs.ToErrno(err)
+			return toErrno(err)
 		}
+		dn.keepDir(drel)
 	}
 	var dstSt unix.Stat_t
 	if err := u.upper.lstat(drel, &dstSt); err == nil && isWhiteout(u.upper, drel, &dstSt, true) && srcDir {
 		// A dir cannot replace a whiteout device by rename(2).
 		if err := unix.Unlinkat(u.upper.fd, drel, 0); err != nil {
-			return fs.ToErrno(err)
+			return toErrno(err)
 		}
 	}
 	if srcLowerHas {
@@ -135,16 +129,22 @@ func (d *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 			}
 		}
 		if err != nil {
-			return fs.ToErrno(err)
+			return toErrno(err)
 		}
 	} else if err := unix.Renameat(u.upper.fd, srel, u.upper.fd, drel); err != nil {
-		return fs.ToErrno(err)
+		return toErrno(err)
 	}
 	u.moveSpecialOwners(srel, drel, false) // ownertable.go
 	// A .wh.NAME file at the destination no longer means anything but
 	// would hide lowers if the new object goes away: drop it.
 	ddir, dname := splitRel(drel)
 	unix.Unlinkat(u.upper.fd, join(ddir, ".wh."+dname), 0)
+	d.dirChanged()
+	nd.dirChanged()
+	if dn != nil {
+		u.tree.removeName(dn, nd, newName, dst.st.Nlink <= 1 || dst.st.Mode&unix.S_IFMT == unix.S_IFDIR)
+	}
+	u.tree.move(sn, d, name, nd, newName)
 	return 0
 }
 
@@ -161,14 +161,14 @@ func (u *union) markMovedDir(n *node, rel string, targetLowerHas bool) syscall.E
 	if lowers > 0 {
 		if _, ok := overlayXattr(path, redirectSuffix); !ok {
 			if err := setOverlayXattr(path, u.ns, redirectSuffix, "/"+lowerRel); err != nil {
-				return fs.ToErrno(err)
+				return toErrno(err)
 			}
 		}
 		return 0
 	}
 	if targetLowerHas {
 		if err := u.setOpaque(path); err != nil {
-			return fs.ToErrno(err)
+			return toErrno(err)
 		}
 	}
 	return 0

@@ -11,7 +11,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
@@ -58,20 +57,32 @@ type union struct {
 	pid            int // names temporary objects
 	// euid and egid own what the daemon makes (see ownsNatively).
 	euid, egid int
-	// indexes bounds the memory of the directories' name indexes.
-	indexes indexCache
+	// indexes and listings bound the memory of the directories' name
+	// indexes and listings.
+	indexes  indexCache
+	listings listingCache
+	// tree is what the kernel knows of the view (tree.go); srv serves
+	// it (set when the kernel's INIT is answered).
+	tree *tree
+	srv  *fuse.Server
+	// noBacking: the kernel refused a passthrough backing file once, so
+	// it is not asked again.
+	noBacking atomic.Bool
+	// plusMax is plusMaxNames (dir.go), a field for tests.
+	plusMax int
 	// owners: the special-owners tables (ownertable.go).
 	owners specialOwners
-	// acl: POSIX ACL semantics (acl.go); umasks holds the umask of each
-	// creating request; procUmask is the daemon's own.
+	// acl: POSIX ACL semantics (acl.go); procUmask is the daemon's
+	// own umask.
 	acl       bool
-	umasks    sync.Map
 	procUmask uint32
 }
 
 func newUnion(o Options) (*union, error) {
 	u := &union{opts: o, log: o.Logger, ns: o.XattrNamespace, readOnly: o.readOnlyView(), workFd: -1}
 	u.indexes.max = maxIndexBytes
+	u.listings.max = maxListingBytes
+	u.plusMax = plusMaxNames
 	u.procUmask = processUmask()
 	u.pid, u.euid, u.egid = os.Getpid(), os.Geteuid(), os.Getegid()
 	u.uids = idMapper{m: o.UIDMap, squash: o.SquashUID}
@@ -315,7 +326,7 @@ func (u *union) resolveIn(ds *dirState, name string) (*found, syscall.Errno) {
 				return nil, syscall.ENOENT
 			}
 		default:
-			return nil, fs.ToErrno(err)
+			return nil, toErrno(err)
 		}
 	}
 	f.lowerRel = lowerRel
@@ -482,7 +493,16 @@ func presentedType(path string, st *unix.Stat_t) uint32 {
 
 // maxIndexBytes bounds the name indexes of one mount (about 13 bytes and
 // the name per entry: a 100k-entry directory over 4 layers takes 2 MiB).
-const maxIndexBytes = 8 << 20
+// Most lookups follow a listing of their directory closely (ls -l, find,
+// and READDIRPLUS itself), so a few recent indexes serve them.
+// maxListingBytes bounds the listings (about 21 bytes and the name per
+// entry): the kernel keeps what it read, so a listing is needed only while
+// the kernel reads it (it goes when the kernel reads past its end), or
+// again after the kernel dropped its copy.
+const (
+	maxIndexBytes   = 3 << 20
+	maxListingBytes = 4 << 20
+)
 
 // Deep stacks: a lookup of a name that most layers lack costs two stats
 // per layer (the name and its ".wh." file). Directories whose lower copies
@@ -536,5 +556,5 @@ func (u *union) keepIndex(d *node, x *nameIndex) {
 		d.x.names = slot
 	}
 	d.mu.Unlock()
-	u.indexes.put(slot, x)
+	u.indexes.put(slot, x, x.size())
 }

@@ -1,14 +1,12 @@
 package fusefs
 
 import (
-	"context"
 	"reflect"
 	"sort"
 	"strings"
 	"syscall"
 	"testing"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
@@ -134,12 +132,10 @@ func TestMergeWithoutMount(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer u.close()
-	root, rootIno, err := u.rootNode()
-	if err != nil {
+	if err := u.rootNode(); err != nil {
 		t.Fatal(err)
 	}
-	fs.NewNodeFS(root, &fs.Options{RootStableAttr: &fs.StableAttr{Ino: rootIno}})
-	ctx := context.Background()
+	root := u.root
 
 	listing := func(n *node) map[string]uint64 {
 		ents, errno := u.list(n)
@@ -166,27 +162,27 @@ func TestMergeWithoutMount(t *testing.T) {
 	}
 	for name, ino := range got {
 		var out fuse.EntryOut
-		ch, errno := root.Lookup(ctx, name, &out)
+		ch, errno := root.lookup(name, &out)
 		if errno != 0 {
 			t.Fatalf("lookup %s: %v", name, errno)
 		}
-		if out.Attr.Ino != ino || ch.StableAttr().Ino != ino {
-			t.Errorf("%s: readdir ino %d, lookup %d/%d", name, ino, out.Attr.Ino, ch.StableAttr().Ino)
+		if out.Attr.Ino != ino || ch.ino != ino || out.NodeId != u.tree.id(ch) {
+			t.Errorf("%s: readdir ino %d, lookup %d/%d (node ID %d, reply %d)", name, ino, out.Attr.Ino, ch.ino, u.tree.id(ch), out.NodeId)
 		}
 	}
 	for _, name := range []string{"gone-dev", "gone-oci", ".wh.gone-oci"} {
 		var out fuse.EntryOut
-		if _, errno := root.Lookup(ctx, name, &out); errno != syscall.ENOENT {
+		if _, errno := root.lookup(name, &out); errno != syscall.ENOENT {
 			t.Errorf("lookup %s: %v, want ENOENT", name, errno)
 		}
 	}
 	for dir, want := range map[string]string{"d": "above below", "o": "above"} {
 		var out fuse.EntryOut
-		ch, errno := root.Lookup(ctx, dir, &out)
+		ch, errno := root.lookup(dir, &out)
 		if errno != 0 {
 			t.Fatal(errno)
 		}
-		m := listing(ch.Operations().(*node))
+		m := listing(ch)
 		var n []string
 		for k := range m {
 			n = append(n, k)
@@ -203,7 +199,6 @@ func TestMergeWithoutMount(t *testing.T) {
 // NoXattrs answers every xattr call with ENOTSUP before looking at the
 // object.
 func TestVolatileAndNoXattrs(t *testing.T) {
-	ctx := context.Background()
 	for _, tc := range []struct {
 		name            string
 		opts            Options
@@ -217,27 +212,24 @@ func TestVolatileAndNoXattrs(t *testing.T) {
 			u := &union{opts: tc.opts, workFd: -1}
 			n := &node{u: u, lowerLayer: -1}
 			fh := &fileHandle{fd: -1, n: n}
-			if errno := fh.Fsync(ctx, 0); (errno != 0) != tc.syncs {
+			if errno := fh.fsync(0); (errno != 0) != tc.syncs {
 				t.Errorf("fsync: %v, want a sync attempted = %v", errno, tc.syncs)
 			}
-			if errno := fh.Fsync(ctx, 1); (errno != 0) != tc.syncs {
+			if errno := fh.fsync(1); (errno != 0) != tc.syncs {
 				t.Errorf("fdatasync: %v, want a sync attempted = %v", errno, tc.syncs)
-			}
-			if errno := n.Fsync(ctx, fh, 0); (errno != 0) != tc.syncs {
-				t.Errorf("node fsync: %v, want a sync attempted = %v", errno, tc.syncs)
 			}
 			// A dir located (through the index path) in a work dir
 			// that is not open: a sync fails to open it.
 			u.indexRel = "index"
-			d := &dirHandle{n: &node{u: u, isDir: true, lowerLayer: -1, x: &nodeExtra{indexed: true}}, fd: -1}
-			if errno := d.Fsyncdir(ctx, 0); (errno != 0) != tc.syncs {
+			d := &node{u: u, isDir: true, lowerLayer: -1, x: &nodeExtra{indexed: true}}
+			if errno := d.fsyncdir(); (errno != 0) != tc.syncs {
 				t.Errorf("fsyncdir: %v, want a sync attempted = %v", errno, tc.syncs)
 			}
 			checks := map[string]syscall.Errno{}
-			_, checks["getxattr"] = n.Getxattr(ctx, "user.x", make([]byte, 64))
-			_, checks["listxattr"] = n.Listxattr(ctx, make([]byte, 64))
-			checks["setxattr"] = n.Setxattr(ctx, "user.x", []byte("1"), 0)
-			checks["removexattr"] = n.Removexattr(ctx, "user.x")
+			_, checks["getxattr"] = n.getxattr("user.x", make([]byte, 64))
+			_, checks["listxattr"] = n.listxattr(make([]byte, 64))
+			checks["setxattr"] = n.setxattr("user.x", []byte("1"), 0)
+			checks["removexattr"] = n.removexattr("user.x")
 			for op, errno := range checks {
 				if (errno == syscall.ENOTSUP) != tc.noXattrs {
 					t.Errorf("%s: %v, want ENOTSUP = %v", op, errno, tc.noXattrs)
