@@ -10,9 +10,14 @@ PKGS     := ./...
 
 all: build
 
+# Static binaries (no libc mapped into every daemon); layerfs-overlay,
+# the mount program of one daemon per container, is a binary of its own so
+# its daemons map none of the CLI's code.
+export CGO_ENABLED ?= 0
+
 build:
 	$(GO) build -o $(BIN)/layerfs ./cmd/layerfs
-	ln -sf layerfs $(BIN)/layerfs-overlay
+	$(GO) build -o $(BIN)/layerfs-overlay ./cmd/layerfs-overlay
 
 deps:
 	./scripts/install-test-deps.sh

@@ -1,9 +1,12 @@
 package doctor
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -63,4 +66,29 @@ func fuseBlockers(f Facts, target string, mp mountPoint) []string {
 		out = append(out, "the mount point "+target+" is not owned by you: fusermount3 refuses a sticky directory (like /tmp itself) that another user owns; mount on a directory of your own")
 	}
 	return out
+}
+
+// WithFuseHints adds to a failed FUSE mount at target what FuseBlockers
+// finds in the way (no /dev/fuse, no setuid fusermount3, a mount point the
+// user cannot write, no CAP_SYS_ADMIN in a container).
+func WithFuseHints(err error, target string) error {
+	hints := FuseBlockers(target)
+	if len(hints) == 0 {
+		return err
+	}
+	return fmt.Errorf("%w\n  because: %s\n  (layerfs doctor tells more)", err, strings.Join(hints, "\n  because: "))
+}
+
+// CheckAllowOther refuses allow_other up front where fusermount3 would: a
+// plain user may share a FUSE mount only when /etc/fuse.conf says
+// user_allow_other. Root, and root of a user namespace (which mounts FUSE
+// itself), need nothing.
+func CheckAllowOther() error {
+	if os.Geteuid() == 0 {
+		return nil
+	}
+	if data, err := os.ReadFile("/etc/fuse.conf"); err == nil && FuseConfAllowsOther(string(data)) {
+		return nil
+	}
+	return errors.New("allow other users: fusermount3 lets a plain user share a mount only when /etc/fuse.conf holds the line user_allow_other; add it as root, or leave the view yours alone (without --allow-other)")
 }

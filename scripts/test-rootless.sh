@@ -56,19 +56,21 @@ cleanup() {
 	awk -v u="$work" '$2 ~ "^"u {print $2}' /proc/self/mounts | sort -r | while read -r m; do
 		umount -l "$m" 2>/dev/null || true
 	done
-	# Daemons of this run (by pid: only those running our copy of layerfs).
+	# Daemons of this run (by pid: only those running our copies).
 	for pid in $(pgrep -u "$user" || true); do
-		if [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$work/bin/layerfs" ]; then
+		case "$(readlink "/proc/$pid/exe" 2>/dev/null)" in
+		"$work/bin/layerfs" | "$work/bin/layerfs-overlay")
 			echo "test-rootless: killing leftover daemon $pid" >&2
 			kill "$pid" 2>/dev/null || true
-		fi
+			;;
+		esac
 	done
 	rm -rf "$work"
 }
 trap cleanup EXIT
 go=${GO:-go}
-"$go" build -o "$work/bin/layerfs" ./cmd/layerfs
-ln -sf layerfs "$work/bin/layerfs-overlay"
+CGO_ENABLED=${CGO_ENABLED:-0} "$go" build -o "$work/bin/layerfs" ./cmd/layerfs
+CGO_ENABLED=${CGO_ENABLED:-0} "$go" build -o "$work/bin/layerfs-overlay" ./cmd/layerfs-overlay
 "$go" test -c -o "$work/e2e.test" ./tests/e2e
 # viewtest's tests too: the fuse driver must work for a plain user.
 "$go" test -c -o "$work/viewtest.test" ./viewtest

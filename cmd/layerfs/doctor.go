@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -43,15 +42,4 @@ when no driver can mount here. The store is not created.`,
 			return nil
 		},
 	}
-}
-
-// withFuseHints adds to a failed FUSE mount what doctor finds in the way
-// (no /dev/fuse, no setuid fusermount3, a mount point the user cannot
-// write, no CAP_SYS_ADMIN in a container).
-func withFuseHints(err error, target string) error {
-	hints := doctor.FuseBlockers(target)
-	if len(hints) == 0 {
-		return err
-	}
-	return fmt.Errorf("%w\n  because: %s\n  (layerfs doctor tells more)", err, strings.Join(hints, "\n  because: "))
 }

@@ -15,11 +15,12 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/layerfs/layerfs/graph"
+	"github.com/layerfs/layerfs/overlaycmd"
 )
 
 func main() {
-	if invokedAs(os.Args[0], overlayName) {
-		os.Exit(runOverlay(os.Args[1:], os.Stderr))
+	if overlaycmd.InvokedAs(os.Args[0]) {
+		os.Exit(overlaycmd.Main(os.Args[1:], os.Stderr))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	app := newApp()

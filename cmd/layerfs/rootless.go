@@ -3,27 +3,10 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/layerfs/layerfs/doctor"
 )
-
-// checkAllowOther refuses --allow-other (allow_other) up front where
-// fusermount3 would: a plain user may share a FUSE mount only when
-// /etc/fuse.conf says user_allow_other. Root, and root of a user namespace
-// (which mounts FUSE itself), need nothing.
-func checkAllowOther() error {
-	if os.Geteuid() == 0 {
-		return nil
-	}
-	if data, err := os.ReadFile("/etc/fuse.conf"); err == nil && doctor.FuseConfAllowsOther(string(data)) {
-		return nil
-	}
-	return errors.New("allow other users: fusermount3 lets a plain user share a mount only when /etc/fuse.conf holds the line user_allow_other; add it as root, or leave the view yours alone (without --allow-other)")
-}
 
 // explain adds what a user can do about an error whose cause is the
 // environment rather than the command.

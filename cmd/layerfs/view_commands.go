@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/layerfs/layerfs/daemon"
+	"github.com/layerfs/layerfs/doctor"
 	"github.com/layerfs/layerfs/fusefs"
 	"github.com/layerfs/layerfs/graph"
 	"github.com/layerfs/layerfs/kernel/overlay"
@@ -188,7 +189,7 @@ func mountAction(c *cli.Context) error {
 		return fail(err)
 	}
 	if c.Bool("allow-other") {
-		if err := checkAllowOther(); err != nil { // rootless.go
+		if err := doctor.CheckAllowOther(); err != nil {
 			return fail(p.undo(c, s, err))
 		}
 	}
@@ -401,7 +402,7 @@ func mountFuse(c *cli.Context, s *graph.Store, p mountPlan) error {
 			if !strings.Contains(err.Error(), p.target) {
 				err = fmt.Errorf("mount %s: %w", p.target, err)
 			}
-			return p.undo(c, s, withFuseHints(err, p.target))
+			return p.undo(c, s, doctor.WithFuseHints(err, p.target))
 		}
 		fmt.Fprintln(c.App.Writer, p.target)
 		return nil

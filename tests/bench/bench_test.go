@@ -247,15 +247,19 @@ func TestViewsSection(t *testing.T) {
 	}
 }
 
-// buildLayerfs builds cmd/layerfs into dir and returns the binary's path.
+// buildLayerfs builds cmd/layerfs and cmd/layerfs-overlay into dir and
+// returns the path of layerfs.
 func buildLayerfs(t *testing.T, dir string) string {
 	t.Helper()
 	goTool := testutil.NeedTool(t, "go")
-	bin := filepath.Join(dir, "layerfs")
-	if out, err := exec.Command(goTool, "build", "-o", bin, "github.com/layerfs/layerfs/cmd/layerfs").CombinedOutput(); err != nil {
-		t.Fatalf("build layerfs: %v\n%s", err, out)
+	for _, name := range []string{"layerfs", "layerfs-overlay"} {
+		cmd := exec.Command(goTool, "build", "-o", filepath.Join(dir, name), "github.com/layerfs/layerfs/cmd/"+name)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", name, err, out)
+		}
 	}
-	return bin
+	return filepath.Join(dir, "layerfs")
 }
 
 // sectionTable returns the cells of section name's first table.

@@ -99,7 +99,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	cold := fs.Bool("cold", true, "let cold measurements drop the whole page cache before every run (needs root; they are warm otherwise)")
 	workdir := fs.String("workdir", "", "directory for scratch data; its filesystem is what is measured (default /var/tmp, else $TMPDIR)")
 	keep := fs.Bool("keep", false, "keep the scratch directory and the generated inputs (to profile by hand)")
-	layerfsBin := fs.String("layerfs", "", "layerfs binary to measure (default: ./cmd/layerfs built into bin/layerfs first, so the figures are the tree's)")
+	layerfsBin := fs.String("layerfs", "", "layerfs binary to measure, with layerfs-overlay beside it (default: ./cmd/layerfs and ./cmd/layerfs-overlay built into bin/ first, so the figures are the tree's)")
 	verbose := fs.Bool("v", false, "log every timed run")
 	runners := map[string]runFunc{}
 	for _, s := range sections {
@@ -128,11 +128,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	if *layerfsBin == "" {
 		// A binary left by an earlier `make build` would measure old
-		// code under today's date.
+		// code under today's date. Static, as make build makes them.
 		*layerfsBin = filepath.Join("bin", "layerfs")
-		build := exec.CommandContext(ctx, "go", "build", "-o", *layerfsBin, "./cmd/layerfs")
-		if out, err := build.CombinedOutput(); err != nil {
-			return fmt.Errorf("build %s: %w: %s", *layerfsBin, err, out)
+		for _, name := range []string{"layerfs", "layerfs-overlay"} {
+			build := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join("bin", name), "./cmd/"+name)
+			build.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := build.CombinedOutput(); err != nil {
+				return fmt.Errorf("build bin/%s: %w: %s", name, err, out)
+			}
 		}
 	}
 	bin, err := filepath.Abs(*layerfsBin)
@@ -141,6 +144,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if st, err := os.Stat(bin); err != nil || st.IsDir() {
 		return fmt.Errorf("layerfs binary %s not found: run `make build` or pass -layerfs", bin)
+	}
+	// layerfs-overlay beside it, else layerfs itself (which answers to
+	// the name).
+	overlayBin := filepath.Join(filepath.Dir(bin), "layerfs-overlay")
+	if st, err := os.Stat(overlayBin); err != nil || st.IsDir() {
+		overlayBin = bin
 	}
 	base := *workdir
 	if base == "" {
@@ -163,6 +172,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	h := &harness{
 		layerfs: bin,
+		overlay: overlayBin,
 		scratch: scratch,
 		reps:    *reps,
 		quick:   *quick,

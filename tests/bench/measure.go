@@ -19,6 +19,7 @@ import (
 // how to time it.
 type harness struct {
 	layerfs string // absolute path of the layerfs binary
+	overlay string // absolute path of layerfs-overlay (or of layerfs, run by that name)
 	scratch string // scratch dir on the filesystem being measured
 	reps    int    // repetitions of every measurement
 	quick   bool   // -quick: sections pick small workloads

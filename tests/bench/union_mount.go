@@ -73,14 +73,14 @@ type liveMount struct {
 // deferred by the section, leaves none behind whatever happened.
 type mounter struct {
 	h          *harness
-	overlayBin string // the layerfs binary, run as layerfs-overlay
+	overlayBin string // layerfs-overlay (or the layerfs binary, run by that name)
 	fuseOvBin  string
 	base       string // mount points live under it
 	live       map[unionKind]*liveMount
 }
 
 func newMounter(h *harness, base string) (*mounter, error) {
-	m := &mounter{h: h, overlayBin: h.layerfs, base: base, live: map[unionKind]*liveMount{}}
+	m := &mounter{h: h, overlayBin: h.overlay, base: base, live: map[unionKind]*liveMount{}}
 	p, err := exec.LookPath("fuse-overlayfs")
 	if err != nil {
 		return nil, fmt.Errorf("fuse-overlayfs is needed (scripts/install-test-deps.sh installs it): %w", err)

@@ -13,9 +13,9 @@ import (
 	"testing"
 )
 
-// binEnv names a prebuilt layerfs (with a layerfs-overlay symlink beside
-// it) to test instead of building one: the rootless pass runs as a user
-// who has no Go toolchain or module cache (scripts/test-rootless.sh).
+// binEnv names a prebuilt layerfs (with layerfs-overlay beside it) to
+// test instead of building them: the rootless pass runs as a user who has
+// no Go toolchain or module cache (scripts/test-rootless.sh).
 const binEnv = "LAYERFS_TEST_BIN"
 
 func buildBinary() (string, func(), error) {
@@ -30,15 +30,15 @@ func buildBinary() (string, func(), error) {
 		return "", nil, err
 	}
 	bin := filepath.Join(dir, "layerfs")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/layerfs/layerfs/cmd/layerfs")
-	cmd.Stderr = os.Stderr
-	if err := cmd.Run(); err != nil {
-		os.RemoveAll(dir)
-		return "", nil, fmt.Errorf("build layerfs: %w", err)
-	}
-	if err := os.Symlink("layerfs", filepath.Join(dir, "layerfs-overlay")); err != nil {
-		os.RemoveAll(dir)
-		return "", nil, err
+	for _, name := range []string{"layerfs", "layerfs-overlay"} {
+		// Static, as make build makes them.
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), "github.com/layerfs/layerfs/cmd/"+name)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		cmd.Stderr = os.Stderr
+		if err := cmd.Run(); err != nil {
+			os.RemoveAll(dir)
+			return "", nil, fmt.Errorf("build %s: %w", name, err)
+		}
 	}
 	// The tests and a possible rootless run need to reach it.
 	os.Chmod(dir, 0o755)

@@ -153,6 +153,17 @@ func waitGone(t *testing.T, name, mnt string) {
 	t.Fatalf("the %s daemon for %s is still running after unmount", name, mnt)
 }
 
+// TestLayerfsAnswersAsOverlay: the layerfs binary run as layerfs-overlay
+// (a symlink) is the mount program too.
+func TestLayerfsAnswersAsOverlay(t *testing.T) {
+	cmd := exec.Command(binPath, "--version")
+	cmd.Args[0] = "layerfs-overlay"
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "layerfs-overlay (layerfs)") {
+		t.Fatalf("layerfs as layerfs-overlay --version: %v: %s", err, out)
+	}
+}
+
 func TestLayerfsOverlayThroughMountFuse3(t *testing.T) {
 	testutil.NeedRootOnly(t, "installs the program into /usr/local/bin and mounts with mount(8)")
 	testutil.NeedTool(t, "mount.fuse3")
@@ -163,7 +174,7 @@ func TestLayerfsOverlayThroughMountFuse3(t *testing.T) {
 	if _, err := os.Lstat(dst); err == nil {
 		t.Fatalf("%s exists already; refusing to replace it", dst)
 	}
-	must(t, os.Symlink(binPath, dst))
+	must(t, os.Symlink(overlayBinary(), dst))
 	t.Cleanup(func() { os.Remove(dst) })
 	unmountOnCleanup(t, mnt)
 	out, err := exec.Command("mount", "-t", "fuse.layerfs-overlay", "layerfs-test", mnt,

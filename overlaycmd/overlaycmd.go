@@ -1,4 +1,11 @@
-package main
+// Package overlaycmd is layerfs-overlay, the fuse-overlayfs-compatible
+// mount program (docs/layerfs-overlay.md): it parses fuse-overlayfs's
+// command line (package overlayopts), mounts the union (package fusefs) or
+// kernel overlayfs, goes to the background once the mount is ready and
+// serves it. Its own binary (cmd/layerfs-overlay) holds nothing else, so a
+// daemon per container costs no memory for the rest of layerfs; the
+// layerfs binary answers to the name too.
+package overlaycmd
 
 import (
 	"fmt"
@@ -8,16 +15,17 @@ import (
 	"path/filepath"
 
 	"github.com/layerfs/layerfs/daemon"
+	"github.com/layerfs/layerfs/doctor"
 	"github.com/layerfs/layerfs/fusefs"
 	"github.com/layerfs/layerfs/kernel/overlay"
 	"github.com/layerfs/layerfs/overlayopts"
 )
 
-// overlayName is the name under which the binary speaks fuse-overlayfs's
-// command line (install a symlink or a copy under that name).
-const overlayName = "layerfs-overlay"
+// Name is the program's name: the layerfs binary, invoked by it (a
+// symlink), speaks fuse-overlayfs's command line too.
+const Name = "layerfs-overlay"
 
-const overlayUsage = `usage: layerfs-overlay [-f] [-d] -o lowerdir=DIR[:DIR...][,upperdir=DIR,workdir=DIR][,OPTION...] MOUNTPOINT
+const usage = `usage: layerfs-overlay [-f] [-d] -o lowerdir=DIR[:DIR...][,upperdir=DIR,workdir=DIR][,OPTION...] MOUNTPOINT
        layerfs-overlay SOURCE MOUNTPOINT -o OPTIONS     (as mount -t fuse.layerfs-overlay runs it)
 
 A drop-in for fuse-overlayfs: mounts the layerfs union of the lower
@@ -37,23 +45,24 @@ static_nlink, noacl, plugins. layerfs adds driver=fuse|kernel|auto.
   -d   debug: log every request, stay in the foreground
 `
 
-// runOverlay is main for the layerfs-overlay name.
-func runOverlay(args []string, stderr io.Writer) int {
+// Main runs layerfs-overlay with args (without the program name) and
+// returns its exit status.
+func Main(args []string, stderr io.Writer) int {
 	c, err := overlayopts.Parse(args)
 	if err != nil {
-		fmt.Fprintf(stderr, "%s: %v\n\n%s", overlayName, err, overlayUsage)
+		fmt.Fprintf(stderr, "%s: %v\n\n%s", Name, err, usage)
 		return 2
 	}
 	if c.Help {
-		fmt.Fprint(stderr, overlayUsage)
+		fmt.Fprint(stderr, usage)
 		return 0
 	}
 	if c.Version {
-		fmt.Fprintf(stderr, "%s (layerfs)\n", overlayName)
+		fmt.Fprintf(stderr, "%s (layerfs)\n", Name)
 		return 0
 	}
 	if err := serveOverlay(c, args, stderr); err != nil {
-		fmt.Fprintf(stderr, "%s: %v\n", overlayName, err)
+		fmt.Fprintf(stderr, "%s: %v\n", Name, err)
 		return 1
 	}
 	return 0
@@ -68,12 +77,12 @@ func serveOverlay(c *overlayopts.Command, args []string, stderr io.Writer) error
 			return err
 		}
 		if c.Options.AllowOther {
-			if err := checkAllowOther(); err != nil {
+			if err := doctor.CheckAllowOther(); err != nil {
 				return err
 			}
 		}
 		if _, err := daemon.Start(args, nil, ""); err != nil {
-			return withFuseHints(err, c.Mountpoint)
+			return doctor.WithFuseHints(err, c.Mountpoint)
 		}
 		return nil
 	}
@@ -190,5 +199,5 @@ func checkDirs(c *overlayopts.Command) error {
 	return check("mountpoint", c.Mountpoint)
 }
 
-// invokedAs reports whether argv0 names the overlay program.
-func invokedAs(argv0, name string) bool { return filepath.Base(argv0) == name }
+// InvokedAs reports whether argv0 names the overlay program.
+func InvokedAs(argv0 string) bool { return filepath.Base(argv0) == Name }
