@@ -99,7 +99,8 @@ func (d *node) createDirect(c *call, name string, flags, mode uint32, out *fuse.
 	n.mu.Lock()
 	n.upperNoRecords = true // nobody set any yet
 	n.mu.Unlock()
-	return n, u.newHandle(n, fd, oflags, true, rel), 0, nil
+	h, errno := u.newHandle(n, fd, oflags, true, rel)
+	return n, h, errno, nil
 }
 
 // mkdirDirect is Mkdir's fast path; errNotDirect sends the caller to the

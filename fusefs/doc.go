@@ -214,10 +214,17 @@
 // (createdirect.go); the others are built in the work dir and renamed.
 // Handles are FOPEN_NOFLUSH (close(2) sends no FLUSH: it would do nothing
 // on a local upper), and reads under 64 KiB are a pread rather than a
-// splice through a pipe. Upper files use FUSE
-// passthrough where the kernel (6.9+) and privileges allow it (root;
-// inside a user namespace the kernel refuses and reads go through the
-// daemon); with Debug, every open logs which path it took. Requests are
+// splice through a pipe. Upper files, and lower files opened read-only,
+// use FUSE passthrough where the kernel (6.9+) and privileges allow it
+// (root; inside a user namespace the kernel refuses and reads go through
+// the daemon), so the kernel reads and writes them itself; with Debug,
+// every open logs which path it took. The kernel cannot point an inode
+// that reads its lower file at the copy-up: an open that needs the copy
+// while such a read-only open lasts retires the node (its names go to a
+// new node, the kernel is told to forget them) and answers ESTALE, on
+// which the kernel looks the path up again and opens the object's new
+// node (file.go, node.retire). A read-only descriptor read through the
+// daemon switches to the copy when one is made, as overlayfs's do. Requests are
 // served in parallel: state is per node, under per-node locks. The
 // daemons run with more Ps than go-fuse has readers (TuneScheduler), so
 // readers blocked in read(2) keep theirs and Go's sysmon stays quiet.
@@ -235,6 +242,13 @@
 //   - Named users and groups in ACLs are stored as the kernel sends them:
 //     UIDMap/GIDMap do not translate them. Under an override_stat record
 //     chmod rewrites the record, not the mode, so an ACL's mask stays.
+//   - A descriptor opened read-only on a lower file before the file was
+//     copied up, whose reads the kernel makes itself (FUSE passthrough:
+//     root, Linux >= 6.9), reads the lower file until it is closed, as
+//     with fuse-overlayfs and overlayfs before Linux 4.19; every open
+//     made after the copy-up reads the copy. Without passthrough (as a
+//     plain user, or with NoPassthrough), such a descriptor switches to
+//     the copy, as overlayfs's do.
 //   - Uppers written by overlayfs with metacopy=on (data left in a lower)
 //     are not read, nor its index dir in a read-only view, nor index
 //     entries of directories (nfs_export=on); its whiteouts, opaque dirs,

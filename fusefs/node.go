@@ -105,10 +105,14 @@ type nodeExtra struct {
 	// left the tree (unlinked, O_TMPFILE) is still reachable through
 	// /proc/self/fd.
 	handles map[int]bool
-	// keptDir holds a removed directory's upper copy (O_PATH) while the
-	// kernel may still stat it (an open directory renamed over or
-	// removed).
-	keptDir *os.File
+	// kept holds the upper copy (O_PATH) of an object no name leads to
+	// any more while the kernel may still stat it: an open directory
+	// renamed over or removed, a retired node (file.go).
+	kept *os.File
+	// backingLower: backingID is the lower file's (a read-only open in
+	// a writable view), which the kernel reads directly and cannot be
+	// pointed at a copy-up (see node.retire).
+	backingLower bool
 	// links are further names the kernel knows a hardlinked object by
 	// (tree.go).
 	links []link
@@ -204,8 +208,8 @@ func (n *node) forgotten() {
 	var listing *cachedListing
 	var kept *os.File
 	if x != nil {
-		names, listing, kept = x.names, x.listing, x.keptDir
-		x.keptDir = nil
+		names, listing, kept = x.names, x.listing, x.kept
+		x.kept = nil
 	}
 	n.mu.Unlock()
 	if names != nil {
@@ -268,8 +272,8 @@ func (n *node) whereLocked() (loc, syscall.Errno) {
 				for fd := range n.x.handles {
 					return procFd(fd, true), 0
 				}
-				if n.x.keptDir != nil {
-					return procFd(int(n.x.keptDir.Fd()), true), 0
+				if n.x.kept != nil {
+					return procFd(int(n.x.kept.Fd()), true), 0
 				}
 			}
 			return loc{}, syscall.ENOENT
@@ -640,4 +644,27 @@ func (n *node) attrForEntry(f *found, upperRel string, out *fuse.Attr) syscall.E
 	}
 	n.attrOut(out)
 	return 0
+}
+
+// retire makes n, a file whose kernel inode reads its lower file directly
+// (passthrough) though it was copied up since, stand for the object no
+// more (tree.retire): the descriptors open on it keep reading the lower
+// file, and the kernel, told to forget its names, makes a new inode for
+// the object at the next lookup, whose opens reach the copy. n keeps its
+// upper copy open, so it still stats.
+func (n *node) retire() {
+	u := n.u
+	if rel, ok := n.upperRel(); ok {
+		n.keep(rel)
+	}
+	n.keepLowerRel()
+	names := u.tree.retire(n)
+	if u.srv == nil {
+		return
+	}
+	go func() {
+		for _, r := range names {
+			u.srv.EntryNotify(r.parent, r.name)
+		}
+	}()
 }

@@ -169,7 +169,8 @@ func (d *node) create(c *call, name string, flags uint32, mode uint32, out *fuse
 		unix.Close(fd)
 		return nil, nil, errno
 	}
-	return n, u.newHandle(n, fd, oflags, true, s.rel), 0
+	h, errno := u.newHandle(n, fd, oflags, true, s.rel)
+	return n, h, errno
 }
 
 func (d *node) mkdir(c *call, name string, mode uint32, out *fuse.Attr) (*node, syscall.Errno) {
@@ -548,7 +549,7 @@ func (d *node) rmdir(name string) syscall.Errno {
 		if err = u.clearUpperDir(rel); err != nil {
 			return toErrno(err)
 		}
-		cn.keepDir(rel)
+		cn.keep(rel)
 		if needWh {
 			err = u.replaceWithWhiteout(rel, true)
 		} else {
@@ -565,23 +566,24 @@ func (d *node) rmdir(name string) syscall.Errno {
 	return 0
 }
 
-// keepDir holds directory n's upper copy at rel open, when the kernel
-// knows n, so that an open directory still stats after rmdir or a rename
-// onto it (kernel overlayfs shows the removed directory too).
-func (n *node) keepDir(rel string) {
-	if !n.isDir || !n.u.tree.holds(n) {
+// keep holds n's upper copy at rel open, when the kernel knows n, so that
+// n still stats once no name leads to it: an open directory after rmdir
+// or a rename onto it (kernel overlayfs shows the removed directory too),
+// a retired node (file.go).
+func (n *node) keep(rel string) {
+	if !n.u.tree.holds(n) {
 		return
 	}
-	fd, err := unix.Openat(n.u.upper.fd, rel, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	fd, err := unix.Openat(n.u.upper.fd, rel, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return
 	}
 	n.mu.Lock()
 	x := n.more()
-	if x.keptDir != nil {
-		x.keptDir.Close()
+	if x.kept != nil {
+		x.kept.Close()
 	}
-	x.keptDir = os.NewFile(uintptr(fd), rel)
+	x.kept = os.NewFile(uintptr(fd), rel)
 	n.mu.Unlock()
 }
 
@@ -761,7 +763,7 @@ func (n *node) open(flags uint32) (*fileHandle, syscall.Errno) {
 	if err != nil {
 		return nil, toErrno(err)
 	}
-	return u.newHandle(n, fd, oflags, l.upper, l.rel), 0
+	return u.newHandle(n, fd, oflags, l.upper, l.rel)
 }
 
 // tmpfile makes an O_TMPFILE file in the upper copy of directory d.
@@ -798,5 +800,6 @@ func (d *node) tmpfile(c *call, flags uint32, mode uint32, out *fuse.Attr) (*nod
 	n := u.tree.lookup(nil, "", ino, func() *node { return made })
 	u.fillAttr(path, &st, ino, out)
 	n.attrOut(out)
-	return n, u.newHandle(n, fd, oflags, true, "(O_TMPFILE)"), 0
+	h, errno := u.newHandle(n, fd, oflags, true, "(O_TMPFILE)")
+	return n, h, errno
 }

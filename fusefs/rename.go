@@ -112,7 +112,7 @@ func (d *node) rename(name string, nd *node, newName string, flags uint32) sysca
 		if err := u.clearUpperDir(drel); err != nil {
 			return toErrno(err)
 		}
-		dn.keepDir(drel)
+		dn.keep(drel)
 	}
 	var dstSt unix.Stat_t
 	if err := u.upper.lstat(drel, &dstSt); err == nil && isWhiteout(u.upper, drel, &dstSt, true) && srcDir {

@@ -384,3 +384,34 @@ func (n *node) upperRel() (string, bool) {
 	}
 	return string(buf), true
 }
+
+// retire takes every name from n and makes it stand for its inode number
+// no more, while the kernel still holds it: the next lookup of any of the
+// names makes a new node for the object (see newHandle). It returns the
+// names n was known by (their directories' node IDs) for the kernel to
+// forget.
+func (t *tree) retire(n *node) []retiredName {
+	var released []*node
+	var names []retiredName
+	t.mu.Lock()
+	if n.registered {
+		for n.parent != nil {
+			p, name := n.parent, n.name
+			names = append(names, retiredName{t.idLocked(p), name})
+			t.unnameLocked(n, p, name, &released)
+		}
+		n.gone = true
+		if t.byIno[n.ino] == n {
+			delete(t.byIno, n.ino)
+		}
+	}
+	t.mu.Unlock()
+	finish(released)
+	return names
+}
+
+// retiredName is a name a retired node was known by.
+type retiredName struct {
+	parent uint64
+	name   string
+}

@@ -39,7 +39,8 @@ squash_to_uid=N, squash_to_gid=N, xattr_permissions=0|1|2, timeout=SECS,
 fsync=0, volatile, noxattrs=1, redirect_dir=..., debug, ro, rw, allow_other,
 suid, nosuid, dev, nodev, exec, noexec, noatime, lazytime (and the other
 generic mount options). Accepted and ignored: fast_ino, threaded, writeback,
-static_nlink, noacl, plugins. layerfs adds driver=fuse|kernel|auto.
+static_nlink, noacl, plugins. layerfs adds driver=fuse|kernel|auto and
+passthrough=0|1.
 
   -f   stay in the foreground
   -d   debug: log every request, stay in the foreground

@@ -236,6 +236,14 @@ func (c *Command) apply(kv string) error {
 		o.ReadOnly = false
 	case "allow_other":
 		o.AllowOther = true
+	case "passthrough":
+		// layerfs's own: FUSE passthrough (on by default where the
+		// kernel and privileges allow it).
+		on, err := boolValue()
+		if err != nil {
+			return err
+		}
+		o.NoPassthrough = !on
 	case "layerfs_driver", "driver":
 		switch Driver(value) {
 		case DriverFuse, DriverKernel, DriverAuto:

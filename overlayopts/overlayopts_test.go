@@ -77,6 +77,19 @@ func TestParse(t *testing.T) {
 					t.Fatalf("got %+v", c)
 				}
 			}},
+		{name: "passthrough off", args: []string{"-o", "lowerdir=/l,passthrough=0", "/m"},
+			check: func(t *testing.T, c *Command) {
+				if !c.Options.NoPassthrough {
+					t.Fatalf("got %+v", c)
+				}
+			}},
+		{name: "passthrough on by default", args: []string{"-o", "lowerdir=/l", "/m"},
+			check: func(t *testing.T, c *Command) {
+				if c.Options.NoPassthrough {
+					t.Fatalf("got %+v", c)
+				}
+			}},
+		{name: "passthrough bad value", args: []string{"-o", "lowerdir=/l,passthrough=maybe", "/m"}, wantErr: "passthrough=maybe"},
 		{name: "unknown option", args: []string{"-o", "lowerdir=/l,frobnicate", "/m"}, wantErr: `unknown option "frobnicate"`},
 		{name: "no lowerdir", args: []string{"-o", "upperdir=/u,workdir=/w", "/m"}, wantErr: "no lowerdir"},
 		{name: "upper without work", args: []string{"-o", "lowerdir=/l,upperdir=/u", "/m"}, wantErr: "together"},

@@ -46,8 +46,12 @@ func (b *unionBench) workloads() []*unionWorkload {
 	}
 	seqName := fmt.Sprintf("sequential read, %d MiB", c.seqMiB)
 	seq := func(cold bool) *unionWorkload {
-		return &unionWorkload{id: "seq-" + cacheLabel(cold), name: seqName, cache: cacheLabel(cold), stack: "shallow",
+		w := &unionWorkload{id: "seq-" + cacheLabel(cold), name: seqName, cache: cacheLabel(cold), stack: "shallow",
 			lowers: d.shallow, cold: cold, note: "passthrough " + b.probe.io(probeLowerRW), run: b.seqRead}
+		if b.probe.passthrough(probeLowerRW) {
+			w.maxKernel = unionSeqPassthru
+		}
+		return w
 	}
 	ro := &unionWorkload{id: "seq-ro", name: seqName + ", read-only view", cache: "cold", stack: "ro", lowers: d.shallow,
 		readOnly: true, cold: true, run: b.seqRead}
