@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -176,11 +177,18 @@ func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (creat
 	}
 	tmp := u.tmpName()
 	tmpPath := u.workPath + "/" + tmp
-	if err := u.copyObject(src, lowerRel, &st, tmp, skipData); err != nil {
+	c, err := u.copyObject(src, lowerRel, &st, tmp, skipData)
+	defer c.close()
+	if err != nil {
 		unix.Unlinkat(u.workFd, tmp, 0)
 		return nil, toErrno(err)
 	}
-	if err := u.copyMeta(src.path(lowerRel), tmpPath, &st, n.ino); err != nil {
+	if c.out >= 0 {
+		err = u.copyMetaFd(c.in, c.out, &st, n.ino)
+	} else {
+		err = u.copyMeta(src.path(lowerRel), tmpPath, &st, n.ino)
+	}
+	if err != nil {
 		unix.Unlinkat(u.workFd, tmp, 0)
 		return nil, toErrno(err)
 	}
@@ -197,6 +205,19 @@ func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (creat
 				kernelFh = nil
 			}
 		}
+	}
+	// On disk before a name shows it, as overlayfs syncs its copy-ups:
+	// after a power loss the upper must not show an empty or torn copy
+	// (ext4 may commit a rename before the data of a file it has not
+	// allocated blocks for yet).
+	if c.out >= 0 && st.Size > 0 && !skipData && !u.opts.Volatile {
+		if err := unix.Fsync(c.out); err != nil {
+			unix.Unlinkat(u.workFd, tmp, 0)
+			return nil, toErrno(err)
+		}
+	}
+	c.close()
+	if indexed {
 		if err := unix.Renameat(u.workFd, tmp, u.workFd, idx); err != nil {
 			unix.Unlinkat(u.workFd, tmp, 0)
 			return nil, toErrno(err)
@@ -235,34 +256,49 @@ func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (creat
 }
 
 // copyObject creates the copy of a non-directory at tmp in the work dir.
-func (u *union) copyObject(src *layer, rel string, st *unix.Stat_t, tmp string, skipData bool) error {
+// A regular file's copy and its lower file stay open in the result, for
+// the metadata and the sync that follow.
+func (u *union) copyObject(src *layer, rel string, st *unix.Stat_t, tmp string, skipData bool) (copying, error) {
+	c := copying{in: -1, out: -1}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
-		in, err := unix.Openat(src.fd, rel, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return err
+		var err error
+		if c.in, err = unix.Openat(src.fd, rel, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err != nil {
+			return c, err
 		}
-		defer unix.Close(in)
-		out, err := unix.Openat(u.workFd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o600)
-		if err != nil {
-			return err
+		if c.out, err = unix.Openat(u.workFd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o600); err != nil {
+			return c, err
 		}
-		defer unix.Close(out)
 		if !skipData {
-			if err := copyData(in, out, st.Size); err != nil {
-				return err
+			if err := copyData(c.in, c.out, st.Size); err != nil {
+				return c, err
 			}
 		}
-		return nil
+		return c, nil
 	case unix.S_IFLNK:
 		buf := make([]byte, st.Size+1)
 		n, err := unix.Readlinkat(src.fd, rel, buf)
 		if err != nil {
-			return err
+			return c, err
 		}
-		return unix.Symlinkat(string(buf[:n]), u.workFd, tmp)
+		return c, unix.Symlinkat(string(buf[:n]), u.workFd, tmp)
 	default:
-		return unix.Mknodat(u.workFd, tmp, st.Mode, int(st.Rdev))
+		return c, unix.Mknodat(u.workFd, tmp, st.Mode, int(st.Rdev))
+	}
+}
+
+// copying holds a regular file's copy-up open: the lower file (in) and
+// the copy (out); -1 when not open.
+type copying struct{ in, out int }
+
+func (c *copying) close() {
+	if c.in >= 0 {
+		unix.Close(c.in)
+		c.in = -1
+	}
+	if c.out >= 0 {
+		unix.Close(c.out)
+		c.out = -1
 	}
 }
 
@@ -354,8 +390,7 @@ func (u *union) copyMeta(srcPath, dstPath string, st *unix.Stat_t, origin uint64
 		return err
 	}
 	for _, name := range names {
-		if strings.HasPrefix(name, "trusted.overlay.") || strings.HasPrefix(name, "user.overlay.") ||
-			strings.HasPrefix(name, "trusted.layerfs.") || strings.HasPrefix(name, "user.layerfs.") {
+		if isOverlayBookkeeping(name) {
 			continue
 		}
 		v, err := getXattr(srcPath, name)
@@ -378,6 +413,57 @@ func (u *union) copyMeta(srcPath, dstPath string, st *unix.Stat_t, origin uint64
 	}
 	ts := []unix.Timespec{unix.Timespec(st.Atim), unix.Timespec(st.Mtim)}
 	return unix.UtimesNanoAt(unix.AT_FDCWD, dstPath, ts, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// copyMetaFd is copyMeta for a regular file, through the descriptors of
+// the lower file (in) and the copy (out): no path is looked up again.
+func (u *union) copyMetaFd(in, out int, st *unix.Stat_t, origin uint64) error {
+	if int(st.Uid) != u.euid || int(st.Gid) != u.egid {
+		if err := unix.Fchown(out, int(st.Uid), int(st.Gid)); err != nil && !errors.Is(err, unix.EINVAL) {
+			return err
+		}
+	}
+	if err := unix.Fchmod(out, st.Mode&07777); err != nil {
+		return err
+	}
+	names, err := listXattrsFd(in)
+	if err != nil && !errors.Is(err, unix.ENOTSUP) {
+		return err
+	}
+	for _, name := range names {
+		if isOverlayBookkeeping(name) {
+			continue
+		}
+		v, err := getXattrFd(in, name)
+		if err != nil {
+			continue
+		}
+		if err := unix.Fsetxattr(out, name, v, 0); err != nil {
+			return err
+		}
+	}
+	v := []byte(strconv.FormatUint(origin, 10))
+	if err := unix.Fsetxattr(out, u.ns.String()+"."+originSuffix, v, 0); err != nil && u.ns == whiteout.Trusted {
+		unix.Fsetxattr(out, whiteout.User.String()+"."+originSuffix, v, 0)
+	}
+	return futimens(out, []unix.Timespec{unix.Timespec(st.Atim), unix.Timespec(st.Mtim)})
+}
+
+// isOverlayBookkeeping: xattrs of overlayfs's and the union's own, which
+// copy-up does not copy.
+func isOverlayBookkeeping(name string) bool {
+	return strings.HasPrefix(name, "trusted.overlay.") || strings.HasPrefix(name, "user.overlay.") ||
+		strings.HasPrefix(name, "trusted.layerfs.") || strings.HasPrefix(name, "user.layerfs.")
+}
+
+// futimens sets the times of the file open as fd (utimensat with a NULL
+// path, which x/sys has no wrapper for).
+func futimens(fd int, ts []unix.Timespec) error {
+	_, _, errno := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+	if errno != 0 {
+		return errno
+	}
+	return nil
 }
 
 // setOverlayXattr writes a private xattr in ns, falling back to the other

@@ -53,8 +53,11 @@
 //     rename): data with copy_file_range over the data extents only
 //     (SEEK_DATA/SEEK_HOLE: holes stay holes), owner, mode, xattrs
 //     (security.capability and ACLs included; overlay bookkeeping not),
-//     times to the nanosecond. Parents are copied up first, each with its
-//     own metadata. A write never reaches a lower inode. A lower hardlink
+//     times to the nanosecond. The data is synced (fdatasync) before the
+//     copy is renamed into place, as overlayfs syncs its copy-ups, so a
+//     power loss leaves the lower object or the whole copy, never an
+//     empty one (not with Volatile). Parents are copied up first, each
+//     with its own metadata. A write never reaches a lower inode. A lower hardlink
 //     group is copied once and every name of its layer under which the
 //     view shows that object is linked to the copy (their directories
 //     copied up too), so the group stays one inode.

@@ -14,6 +14,13 @@ import (
 	"github.com/layerfs/layerfs/internal/testutil"
 )
 
+func TestMain(m *testing.M) {
+	if job := os.Getenv(helperEnv); job != "" {
+		os.Exit(runHelper(job, os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
 // needFuse skips (or fails in CI) without root and /dev/fuse.
 func needFuse(t testing.TB) {
 	t.Helper()

@@ -158,6 +158,52 @@ func listXattrs(path string) ([]string, error) {
 	}
 }
 
+// listXattrsFd is listXattrs for an open file.
+func listXattrsFd(fd int) ([]string, error) {
+	buf := make([]byte, 1024)
+	for {
+		n, err := unix.Flistxattr(fd, buf)
+		if errors.Is(err, unix.ERANGE) {
+			sz, err2 := unix.Flistxattr(fd, nil)
+			if err2 != nil {
+				return nil, err2
+			}
+			buf = make([]byte, sz+256)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		var names []string
+		for _, s := range strings.Split(string(buf[:n]), "\x00") {
+			if s != "" {
+				names = append(names, s)
+			}
+		}
+		return names, nil
+	}
+}
+
+// getXattrFd is getXattr for an open file.
+func getXattrFd(fd int, name string) ([]byte, error) {
+	buf := make([]byte, 256)
+	for {
+		n, err := unix.Fgetxattr(fd, name, buf)
+		if errors.Is(err, unix.ERANGE) {
+			sz, err2 := unix.Fgetxattr(fd, name, nil)
+			if err2 != nil {
+				return nil, err2
+			}
+			buf = make([]byte, sz+64)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return buf[:n], nil
+	}
+}
+
 func noXattr(err error) bool {
 	return errors.Is(err, unix.ENODATA) || errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EPERM)
 }

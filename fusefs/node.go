@@ -1,6 +1,7 @@
 package fusefs
 
 import (
+	"errors"
 	"os"
 	"strconv"
 	"sync"
@@ -116,6 +117,9 @@ type nodeExtra struct {
 	// links are further names the kernel knows a hardlinked object by
 	// (tree.go).
 	links []link
+	// upperIno is the upper object's inode number where it differs
+	// from the view's (a copy-up records its origin; see isObject).
+	upperIno uint64
 }
 
 type xattrsKnown uint8
@@ -449,7 +453,18 @@ func (n *node) getattr(h *fileHandle, out *fuse.Attr) syscall.Errno {
 		if errno != 0 {
 			return errno
 		}
-		if err := l.lstat(&st); err != nil {
+		err := l.lstat(&st)
+		if l.upper && l.fd == u.upper.fd && (errors.Is(err, unix.ENOENT) || err == nil && !n.isObject(&st, l)) {
+			// An unlink, rmdir or rename in flight may have changed
+			// the name on disk and not yet in the tree: the path
+			// led nowhere or to another object.
+			u.settleMoves()
+			if l, errno = n.where(); errno != 0 {
+				return errno
+			}
+			err = l.lstat(&st)
+		}
+		if err != nil {
 			return toErrno(err)
 		}
 	}
@@ -473,6 +488,29 @@ func (n *node) getattr(h *fileHandle, out *fuse.Attr) syscall.Errno {
 	}
 	n.attrOut(out)
 	return 0
+}
+
+// isObject reports whether st, the stat of upper object l, is n's
+// object: the view inode number it gives is n's (a copied-up object's
+// origin record is read once and its upper inode number kept).
+func (n *node) isObject(st *unix.Stat_t, l loc) bool {
+	u := n.u
+	if u.inos.ino(st.Dev, st.Ino) == n.ino {
+		return true
+	}
+	n.mu.Lock()
+	known := n.x != nil && n.x.upperIno == st.Ino
+	n.mu.Unlock()
+	if known {
+		return true
+	}
+	if o, ok := u.upperOrigin(l.path()); !ok || o != n.ino {
+		return false
+	}
+	n.mu.Lock()
+	n.more().upperIno = st.Ino
+	n.mu.Unlock()
+	return true
 }
 
 func (n *node) statfs(out *fuse.StatfsOut) syscall.Errno {

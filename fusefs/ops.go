@@ -355,7 +355,22 @@ func adjustNlink(path string, ns whiteout.Namespace, delta int) {
 func (u *union) lowerHas(d *node, name string) bool {
 	lowers := d.lowerDirs()
 	rel := join(d.dirLowerRel(), name)
-	for _, ld := range lowers {
+	index := u.nameIndex(d)
+	var holders, whHolders uint64
+	if index != nil {
+		holders, whHolders = index.holders(name), index.holders(whiteout.Prefix+name)
+	}
+	for i, ld := range lowers {
+		if bit := uint64(1) << uint(i); index != nil && i < maxIndexedLayers && index.read&bit != 0 {
+			// The dir was read: no syscall for a layer without
+			// the name.
+			if holders&bit == 0 {
+				if whHolders&bit != 0 {
+					return false
+				}
+				continue
+			}
+		}
 		l := u.lowers[ld.layer]
 		var st unix.Stat_t
 		if err := l.lstat(rel, &st); err != nil {
@@ -443,6 +458,8 @@ func (u *union) removable(d *node, name string) (*found, syscall.Errno) {
 
 func (d *node) unlink(name string) syscall.Errno {
 	u := d.u
+	u.moveMu.RLock() // see union.moveMu
+	defer u.moveMu.RUnlock()
 	// Names of lower hardlink groups may go: recount them.
 	defer u.viewGen.Add(1)
 	f, errno := u.removable(d, name)
@@ -526,6 +543,8 @@ func (u *union) clearUpperDir(rel string) error {
 
 func (d *node) rmdir(name string) syscall.Errno {
 	u := d.u
+	u.moveMu.RLock()
+	defer u.moveMu.RUnlock()
 	// Names of lower hardlink groups may go: recount them.
 	defer u.viewGen.Add(1)
 	f, errno := u.removable(d, name)
@@ -758,12 +777,58 @@ func (n *node) open(flags uint32) (*fileHandle, syscall.Errno) {
 	if errno != 0 {
 		return nil, errno
 	}
-	oflags := int(flags)&^(unix.O_APPEND|unix.O_CREAT|unix.O_EXCL|fuse.FMODE_EXEC) | unix.O_CLOEXEC | unix.O_NOFOLLOW
-	fd, err := unix.Openat(l.fd, l.rel, oflags, 0)
+	oflags := int(flags)&^(unix.O_APPEND|unix.O_CREAT|unix.O_EXCL|fuse.FMODE_EXEC) | unix.O_CLOEXEC
+	var fd int
+	var err error
+	if l.fd == unix.AT_FDCWD {
+		// An object no name leads to, reopened through a descriptor
+		// the daemon holds (/proc/self/fd): a link to follow.
+		fd, err = unix.Open(l.rel, oflags, 0)
+	} else {
+		oflags |= unix.O_NOFOLLOW
+		fd, err = unix.Openat(l.fd, l.rel, oflags, 0)
+		if l.upper && l.fd == u.upper.fd && (errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) || err == nil && !n.isOpen(fd, l)) {
+			// An unlink, rmdir or rename in flight may have changed
+			// the name on disk and not yet in the tree (see getattr).
+			if err == nil {
+				unix.Close(fd)
+			}
+			u.settleMoves()
+			if l, errno = n.where(); errno != 0 {
+				return nil, errno
+			}
+			return n.openAt(l, oflags)
+		}
+	}
 	if err != nil {
 		return nil, toErrno(err)
 	}
 	return u.newHandle(n, fd, oflags, l.upper, l.rel)
+}
+
+// isOpen reports whether fd, opened at upper location l, is n's object.
+func (n *node) isOpen(fd int, l loc) bool {
+	var st unix.Stat_t
+	return unix.Fstat(fd, &st) == nil && n.isObject(&st, l)
+}
+
+// openAt opens n's object at l, once the tree matches the disk again.
+func (n *node) openAt(l loc, oflags int) (*fileHandle, syscall.Errno) {
+	var fd int
+	var err error
+	if l.fd == unix.AT_FDCWD {
+		fd, err = unix.Open(l.rel, oflags&^unix.O_NOFOLLOW, 0)
+	} else {
+		fd, err = unix.Openat(l.fd, l.rel, oflags|unix.O_NOFOLLOW, 0)
+	}
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	if l.upper && l.fd == n.u.upper.fd && !n.isOpen(fd, l) {
+		unix.Close(fd)
+		return nil, syscall.ENOENT
+	}
+	return n.u.newHandle(n, fd, oflags, l.upper, l.rel)
 }
 
 // tmpfile makes an O_TMPFILE file in the upper copy of directory d.

@@ -2,9 +2,11 @@ package fusefs
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -65,14 +67,12 @@ func TestCopyUpUnderOpenReader(t *testing.T) {
 			if _, err := w.WriteAt([]byte("new"), 0); err != nil {
 				t.Fatal(err)
 			}
-			// A shared writable mapping of the copy.
-			m, err := unix.Mmap(int(w.Fd()), 0, 8, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-			if err != nil {
-				t.Fatalf("mmap of the copy: %v", err)
-			}
-			copy(m[3:], "-")
-			unix.Munmap(m)
 			w.Close()
+			// A shared writable mapping of the copy, in another
+			// process (see mmapWriteHelper).
+			if out, err := helperCommand("mmap-write", p, "3", "-").CombinedOutput(); err != nil {
+				t.Fatalf("mmap of the copy: %v: %s", err, out)
+			}
 			if got, err := os.ReadFile(p); err != nil || string(got) != "new-data" {
 				t.Errorf("a new open reads %q (%v), want new-data", got, err)
 			}
@@ -123,7 +123,12 @@ func TestExecWhileCopiedUp(t *testing.T) {
 	}
 	mnt := mountT(t, Options{Lowers: lowers, Upper: upper, Work: work})
 	view := filepath.Join(mnt, "bin", "sleep")
-	running := exec.Command(view, "30")
+	// Through sh: this process must not exec a file of a mount it
+	// serves (see commandIn).
+	run := func(args ...string) *exec.Cmd {
+		return exec.Command("sh", append([]string{"-c", `exec "$0" "$@"`, view}, args...)...)
+	}
+	running := run("30")
 	if err := running.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +137,7 @@ func TestExecWhileCopiedUp(t *testing.T) {
 	if err := os.Chmod(view, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command(view, "0").CombinedOutput(); err != nil {
+	if out, err := run("0").CombinedOutput(); err != nil {
 		t.Fatalf("run it again after the copy-up: %v %s", err, out)
 	}
 	var st unix.Stat_t
@@ -151,4 +156,60 @@ func readFile(t *testing.T, p string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// helperEnv names the job a test binary run by helperCommand does
+// (TestMain).
+const helperEnv = "FUSEFS_TEST_HELPER"
+
+// helperCommand runs this test binary as a helper process doing job with
+// args (runHelper). Whatever touches a mount's pages directly (a mapped
+// file's page faults) must not run in the test process that serves the
+// mount: a fault waits for a FUSE request that the daemon goroutines
+// cannot answer while a garbage collection stops them, and the collection
+// waits for the faulting thread.
+func helperCommand(job string, args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), helperEnv+"="+job)
+	return cmd
+}
+
+// runHelper does a helper process's job and returns its exit status.
+func runHelper(job string, args []string) int {
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(os.Stderr, job+": "+format+"\n", a...)
+		return 1
+	}
+	switch job {
+	case "mmap-write":
+		// args: path, offset, data: write data at offset through a
+		// shared writable mapping of the file.
+		if len(args) != 3 {
+			return fail("want path, offset, data")
+		}
+		off, err := strconv.Atoi(args[1])
+		if err != nil {
+			return fail("%v", err)
+		}
+		f, err := os.OpenFile(args[0], os.O_RDWR, 0)
+		if err != nil {
+			return fail("%v", err)
+		}
+		defer f.Close()
+		st, err := f.Stat()
+		if err != nil {
+			return fail("%v", err)
+		}
+		m, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			return fail("mmap: %v", err)
+		}
+		copy(m[off:], args[2])
+		if err := unix.Msync(m, unix.MS_SYNC); err != nil {
+			return fail("msync: %v", err)
+		}
+		unix.Munmap(m)
+		return 0
+	}
+	return fail("unknown job")
 }

@@ -16,6 +16,8 @@ import (
 // name gets a whiteout when the lowers still hold it.
 func (d *node) rename(name string, nd *node, newName string, flags uint32) syscall.Errno {
 	u := d.u
+	u.moveMu.RLock() // see union.moveMu
+	defer u.moveMu.RUnlock()
 	// Names of lower hardlink groups may go: recount them.
 	defer u.viewGen.Add(1)
 	if u.readOnly || u.upper == nil {

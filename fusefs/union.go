@@ -70,6 +70,13 @@ type union struct {
 	noBacking atomic.Bool
 	// plusMax is plusMaxNames (dir.go), a field for tests.
 	plusMax int
+	// moveMu orders path lookups after name changes. An unlink, rmdir
+	// or rename changes the names on disk first and the tree (the
+	// paths the union computes) after; it holds moveMu shared
+	// throughout. An operation whose path came up missing may have
+	// raced one: settleMoves waits for those in flight, after which
+	// the tree matches the disk again.
+	moveMu sync.RWMutex
 	// owners: the special-owners tables (ownertable.go).
 	owners specialOwners
 	// acl: POSIX ACL semantics (acl.go); procUmask is the daemon's
@@ -169,6 +176,14 @@ func (u *union) close() {
 		unix.Close(u.workFd)
 	}
 	u.owners.close()
+}
+
+// settleMoves waits until no unlink, rmdir or rename is half done (see
+// moveMu) and reports true: the caller looks its path up again.
+func (u *union) settleMoves() bool {
+	u.moveMu.Lock()
+	u.moveMu.Unlock()
+	return true
 }
 
 func (u *union) tmpName() string {

@@ -181,6 +181,10 @@ func runUnion(ctx context.Context, h *harness, c unionConfig) (*result, error) {
 		h.cache.keepWarm(argv...)
 	}
 
+	if !h.quick {
+		// The section reads gigabytes into the page cache.
+		prefaultMemory(8<<30, h.log)
+	}
 	start := time.Now()
 	if b.data, err = generateUnionData(ctx, h, filepath.Join(base, "data"), c); err != nil {
 		return nil, err
@@ -210,7 +214,7 @@ func runUnion(ctx context.Context, h *harness, c unionConfig) (*result, error) {
 			// this disk slows the creation of new ones for a minute.
 			// Copy-ups are few files and gigabytes: they go at once.
 			m.unmountAll()
-			if w.id == "copyup" {
+			if strings.HasPrefix(w.id, "copyup") {
 				removeParallel(h, filepath.Join(b.uppers, w.id))
 			}
 		}
@@ -252,6 +256,7 @@ type unionWorkload struct {
 	lowers   []string // the stack's layers
 	readOnly bool     // mount without an upper: a read-only view
 	write    bool     // a fresh upper per run
+	noSync   bool     // mount without durability (viewSpec.noSync)
 	cold     bool     // remount and drop the page cache before every run
 	// plainLast: time the plain dir after the overlays rather than
 	// interleaved with them (its runs delete files, and creating files
@@ -284,7 +289,7 @@ func (b *unionBench) measureRow(ctx context.Context, w *unionWorkload) (*unionRo
 			prepare: func(ctx context.Context, rep int) error {
 				r := &unionRun{kind: k, rep: rep, root: b.data.plain}
 				if k != kindPlain {
-					spec := viewSpec{lowers: w.lowers}
+					spec := viewSpec{lowers: w.lowers, noSync: w.noSync}
 					if !w.readOnly {
 						dir := filepath.Join(b.uppers, "read-"+w.stack+"-"+kindID[k])
 						if w.write {
@@ -585,6 +590,11 @@ directory of %d empty files spread over %d layers. big/ holds a %d MiB file
 and %d file(s) of %d MiB to copy up. rm/ (%d empty files) and ren/ (%d small files)
 are spread over the %d layers too.
 
+Before the data is generated the section touches up to 8 GiB of the
+machine's free memory once: on a virtual machine the host backs the
+guest's memory at first touch, which cost whichever run read gigabytes
+into never-touched pages first several times its time.
+
 Views: every view but the read-only one has an upper and a work dir on the
 scratch file system; write workloads get a fresh, empty upper for every run
 (a new directory, mounted before the timed part; nothing is deleted until
@@ -614,7 +624,12 @@ open(O_CREAT|O_EXCL), a 100-byte write and close per file, 1000 a
 directory; copy-up = open(O_WRONLY) and a 1-byte write to each big file
 (the upper copy's size is checked); rm -rf = ` + "`rm -rf VIEW/rm`" + `; renames =
 rename(2) of every file of ren/ to a new name in its directory; untar =
-` + "`tar -xf FILE -C VIEW/untar-N`" + `. The in-process workloads (sequential and random
+` + "`tar -xf FILE -C VIEW/untar-N`" + `. A copy-up of a file with data is synced
+(fsync) before the copy shows, by the union and by kernel overlayfs, so
+that a power loss cannot leave an empty copy in the upper; fuse-overlayfs
+does not sync. The copy-up and rename rows are therefore run twice: with
+every program's defaults, and with none syncing (` + "`fsync=0`" + ` for the
+FUSE programs, ` + "`volatile`" + ` for the kernel). The in-process workloads (sequential and random
 reads, create, copy-up, renames) are timed inside the bench process;
 the others are one process each. CPU = user+sys of the client plus that
 of the FUSE daemon during the run (read from /proc/PID/stat). For

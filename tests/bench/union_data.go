@@ -159,7 +159,7 @@ func generateUnionData(ctx context.Context, h *harness, base string, c unionConf
 	}
 	// ren/: c.renameFiles small files in directories of 100 over every
 	// layer, renamed in place by the workload; the plain dir gets a copy
-	// per run.
+	// per run of each rename row.
 	renPer := min(100, c.renameFiles)
 	for k := range c.renameFiles {
 		rel := filepath.Join(fmt.Sprintf("d%03d", k/renPer), fmt.Sprintf("f%05d", k))
@@ -167,7 +167,9 @@ func generateUnionData(ctx context.Context, h *harness, base string, c unionConf
 		size := int64(64 + seed%961)
 		add(fileJob{path: filepath.Join(d.shallow[k%c.layers], "ren", rel), size: size, seed: seed})
 		for rep := range h.reps {
-			add(fileJob{path: filepath.Join(d.plain, "ren-"+repTag(rep), rel), size: size, seed: seed})
+			for _, copy := range []string{"ren-", "ren-nosync-"} {
+				add(fileJob{path: filepath.Join(d.plain, copy+repTag(rep), rel), size: size, seed: seed})
+			}
 		}
 		d.renameRel = append(d.renameRel, rel)
 	}

@@ -53,10 +53,13 @@ func (k unionKind) daemonized() bool { return k == kindUnion || k == kindFuseOv 
 type viewSpec struct {
 	lowers      []string
 	upper, work string
+	// noSync mounts without durability: fsync=0 for the FUSE programs
+	// (the union then syncs no copy-up either), volatile for the kernel.
+	noSync bool
 }
 
 func (s viewSpec) equal(o viewSpec) bool {
-	return slices.Equal(s.lowers, o.lowers) && s.upper == o.upper && s.work == o.work
+	return slices.Equal(s.lowers, o.lowers) && s.upper == o.upper && s.work == o.work && s.noSync == o.noSync
 }
 
 // liveMount is one mounted view.
@@ -130,7 +133,11 @@ func (m *mounter) remount(ctx context.Context, k unionKind, spec viewSpec) (stri
 	var err error
 	switch k {
 	case kindKernel:
-		_, err = overlay.Mount(dir, overlay.Options{Lowers: spec.lowers, Upper: spec.upper, Work: spec.work})
+		ko := overlay.Options{Lowers: spec.lowers, Upper: spec.upper, Work: spec.work}
+		if spec.noSync {
+			ko.ExtraOptions = []string{"volatile"}
+		}
+		_, err = overlay.Mount(dir, ko)
 	case kindUnion:
 		err = m.mountFuse(ctx, lm, m.overlayBin, "layerfs-overlay")
 	case kindFuseOv:
@@ -154,6 +161,9 @@ func overlayOptions(spec viewSpec) string {
 	o := "lowerdir=" + strings.Join(spec.lowers, ":")
 	if spec.upper != "" {
 		o += ",upperdir=" + spec.upper + ",workdir=" + spec.work
+	}
+	if spec.noSync {
+		o += ",fsync=0"
 	}
 	return o
 }

@@ -65,6 +65,25 @@ func (b *unionBench) workloads() []*unionWorkload {
 		w.cache, w.stack, w.lowers, w.write = "fresh upper", "shallow", d.shallow, true
 		return w
 	}
+	// Copy-ups of files with data, once more without durability: the
+	// union and kernel overlayfs sync each copy before it shows,
+	// fuse-overlayfs does not.
+	noSync := func(w *unionWorkload) *unionWorkload {
+		w = write(w)
+		w.id += "-nosync"
+		w.cache += ", no sync (fsync=0, volatile)"
+		w.noSync = true
+		return w
+	}
+	copyup := func() *unionWorkload {
+		return &unionWorkload{id: "copyup", name: fmt.Sprintf("copy-up of %d × %d MiB files", c.copyupFiles, c.copyupMiB),
+			warm: []string{"big/cu-"}, run: b.copyUp, check: b.checkCopyUp}
+	}
+	rename := func(plain string) *unionWorkload {
+		run, check := b.renameIn(plain)
+		return &unionWorkload{id: "rename", name: fmt.Sprintf("rename %d lower files", c.renameFiles),
+			warm: []string{"ren"}, run: run, check: check}
+	}
 	return []*unionWorkload{
 		walk("shallow", d.shallow, c.layers, false),
 		walk("deep", d.deep, c.deepLayers, false),
@@ -80,10 +99,10 @@ func (b *unionBench) workloads() []*unionWorkload {
 		{id: "random", name: fmt.Sprintf("%d random 4 KiB reads of the %d MiB file", c.randomReads, c.seqMiB),
 			cache: "cold", stack: "shallow", lowers: d.shallow, cold: true, run: b.randomReads},
 		write(&unionWorkload{id: "create", name: fmt.Sprintf("create %d small files", c.createFiles), run: b.create, check: b.checkCreate}),
-		write(&unionWorkload{id: "copyup", name: fmt.Sprintf("copy-up of %d × %d MiB files", c.copyupFiles, c.copyupMiB),
-			warm: []string{"big/cu-"}, run: b.copyUp, check: b.checkCopyUp}),
-		write(&unionWorkload{id: "rename", name: fmt.Sprintf("rename %d lower files", c.renameFiles),
-			warm: []string{"ren"}, run: b.rename, check: b.checkRename}),
+		write(copyup()),
+		noSync(copyup()),
+		write(rename("ren")),
+		noSync(rename("ren-nosync")),
 		write(&unionWorkload{id: "untar", name: fmt.Sprintf("untar %d small files", d.untarFiles),
 			warm: []string{d.untarTar}, prepare: b.prepareUntar, run: b.untar, check: b.checkUntar}),
 		write(&unionWorkload{id: "rm", name: fmt.Sprintf("rm -rf of a lower tree, %d files in %d directories", c.rmFiles, d.rmDirs),
@@ -341,10 +360,26 @@ func ownCopy(r *unionRun, dir string) string {
 }
 
 // renameDir is ren/ (ownCopy).
-func (b *unionBench) renameDir(r *unionRun) string { return ownCopy(r, "ren") }
+// renameDir is the ren/ a run renames in: the plain dir has copies named
+// plain-<run> (a row of its own each).
+func renameDir(r *unionRun, plain string) string {
+	if r.kind == kindPlain {
+		return filepath.Join(r.root, plain+"-"+repTag(r.rep))
+	}
+	return filepath.Join(r.root, "ren")
+}
 
-func (b *unionBench) rename(ctx context.Context, r *unionRun) (time.Duration, error) {
-	dir := b.renameDir(r)
+// renameIn returns the rename workload's run and check functions for the
+// plain dir's copies named plain.
+func (b *unionBench) renameIn(plain string) (func(context.Context, *unionRun) (time.Duration, error), func(*unionRun) error) {
+	run := func(ctx context.Context, r *unionRun) (time.Duration, error) {
+		return b.rename(ctx, renameDir(r, plain))
+	}
+	check := func(r *unionRun) error { return b.checkRename(renameDir(r, plain)) }
+	return run, check
+}
+
+func (b *unionBench) rename(ctx context.Context, dir string) (time.Duration, error) {
 	return inProcess(func() error {
 		for i, rel := range b.data.renameRel {
 			if i%256 == 0 && ctx.Err() != nil {
@@ -359,8 +394,7 @@ func (b *unionBench) rename(ctx context.Context, r *unionRun) (time.Duration, er
 	})
 }
 
-func (b *unionBench) checkRename(r *unionRun) error {
-	dir := b.renameDir(r)
+func (b *unionBench) checkRename(dir string) error {
 	for _, rel := range []string{b.data.renameRel[0], b.data.renameRel[len(b.data.renameRel)-1]} {
 		if _, err := os.Lstat(filepath.Join(dir, rel+".moved")); err != nil {
 			return err
