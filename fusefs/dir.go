@@ -345,9 +345,12 @@ func (d *node) readdir(off uint64, out *fuse.DirEntryList, plus bool) syscall.Er
 		if eo == nil {
 			return 0
 		}
-		if !attrs || e.Name == "." || e.Name == ".." {
+		if !attrs || e.Name == "." || e.Name == ".." || d.u.tree.known(e.Ino) {
 			// No node ID: the kernel makes no entry for it, as
-			// for a plain READDIR.
+			// for a plain READDIR. An object the kernel holds a
+			// node for already (it read the directory before and
+			// dropped its copy of the listing, not its entries)
+			// needs no lookup again.
 			continue
 		}
 		n, errno := d.lookup(e.Name, eo)

@@ -323,6 +323,14 @@ func (t *tree) releaseLocked(n *node, released *[]*node) {
 	}
 }
 
+// known reports whether the kernel holds a node for view inode ino.
+func (t *tree) known(ino uint64) bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	n := t.findLocked(ino)
+	return n != nil && n.lookups > 0
+}
+
 // holds reports whether n is in the table (the kernel may use it).
 func (t *tree) holds(n *node) bool {
 	t.mu.RLock()
