@@ -78,6 +78,11 @@ type cacheState struct {
 // every candidate, so that every candidate finds what the others left
 // cached.
 func (h *harness) measure(ctx context.Context, what string, state cacheState, cands []candidate) (map[string]*samples, error) {
+	return h.measureReps(ctx, what, state, cands, h.reps)
+}
+
+// measureReps is measure with reps runs of every candidate.
+func (h *harness) measureReps(ctx context.Context, what string, state cacheState, cands []candidate, reps int) (map[string]*samples, error) {
 	state.dropAll = state.dropAll && h.cache.canDrop
 	out := map[string]*samples{}
 	for _, c := range cands {
@@ -90,7 +95,7 @@ func (h *harness) measure(ctx context.Context, what string, state cacheState, ca
 			}
 		}
 	}
-	for rep := 0; rep < h.reps; rep++ {
+	for rep := 0; rep < reps; rep++ {
 		order := slices.Concat(cands[rep%len(cands):], cands[:rep%len(cands)])
 		for _, c := range order {
 			wall, cpu, err := h.timed(ctx, c, rep, state)
