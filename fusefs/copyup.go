@@ -6,7 +6,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -61,7 +60,7 @@ func (u *union) copyUpDir(d *node) syscall.Errno {
 		return toErrno(err)
 	}
 	tmpPath := u.workPath + "/" + tmp
-	if err := u.copyMeta(src.path(lowerRel), tmpPath, &st, d.ino); err != nil {
+	if err := u.copyMeta(pathRef(src.path(lowerRel)), pathRef(tmpPath), &st, d.ino); err != nil {
 		unix.Unlinkat(u.workFd, tmp, unix.AT_REMOVEDIR)
 		return toErrno(err)
 	}
@@ -184,9 +183,9 @@ func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (creat
 		return nil, toErrno(err)
 	}
 	if c.out >= 0 {
-		err = u.copyMetaFd(c.in, c.out, &st, n.ino)
+		err = u.copyMeta(fileRef{fd: c.in}, fileRef{fd: c.out}, &st, n.ino)
 	} else {
-		err = u.copyMeta(src.path(lowerRel), tmpPath, &st, n.ino)
+		err = u.copyMeta(pathRef(src.path(lowerRel)), pathRef(tmpPath), &st, n.ino)
 	}
 	if err != nil {
 		unix.Unlinkat(u.workFd, tmp, 0)
@@ -367,25 +366,26 @@ func copyRangeRW(in, out int, off, n int64) error {
 }
 
 // copyMeta gives dst the owner, mode, xattrs (overlay bookkeeping
-// excepted) and times of src, and records the view inode as its origin.
-// Order matters: chown clears set-id bits and capabilities, so mode and
-// xattrs come after it, and times last.
-func (u *union) copyMeta(srcPath, dstPath string, st *unix.Stat_t, origin uint64) error {
+// excepted) and times of src (stat st), and records the view inode as its
+// origin. Order matters: chown clears set-id bits and capabilities, so
+// mode and xattrs come after it, and times last. A regular file's copy-up
+// passes open descriptors (no path looked up again), others paths.
+func (u *union) copyMeta(src, dst fileRef, st *unix.Stat_t, origin uint64) error {
 	isLink := st.Mode&unix.S_IFMT == unix.S_IFLNK
 	// dst was just made by the daemon in the work dir (not set-group-ID),
 	// so it is the daemon's already: most copy-ups of root's files need
 	// no chown.
 	if int(st.Uid) != u.euid || int(st.Gid) != u.egid {
-		if err := unix.Fchownat(unix.AT_FDCWD, dstPath, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) {
+		if err := dst.chown(int(st.Uid), int(st.Gid)); err != nil && !errors.Is(err, unix.EINVAL) {
 			return err
 		}
 	}
 	if !isLink {
-		if err := unix.Fchmodat(unix.AT_FDCWD, dstPath, st.Mode&07777, 0); err != nil {
+		if err := dst.chmod(st.Mode & 07777); err != nil {
 			return err
 		}
 	}
-	names, err := listXattrs(srcPath)
+	names, err := src.xattrNames()
 	if err != nil && !errors.Is(err, unix.ENOTSUP) {
 		return err
 	}
@@ -393,60 +393,23 @@ func (u *union) copyMeta(srcPath, dstPath string, st *unix.Stat_t, origin uint64
 		if isOverlayBookkeeping(name) {
 			continue
 		}
-		v, err := getXattr(srcPath, name)
+		v, err := src.xattrValue(name)
 		if err != nil {
 			continue
 		}
-		if err := unix.Lsetxattr(dstPath, name, v, 0); err != nil {
+		if err := dst.setxattr(name, v); err != nil {
 			if isLink && (errors.Is(err, unix.EPERM) || errors.Is(err, unix.ENOTSUP)) {
 				continue
 			}
 			return err
 		}
 	}
-	if !isLink {
-		// Symlinks cannot carry user.* xattrs; their inode number
-		// then follows the copy (documented).
-		setOverlayXattr(dstPath, u.ns, originSuffix, strconv.FormatUint(origin, 10))
-	} else if u.ns == whiteout.Trusted {
-		setOverlayXattr(dstPath, u.ns, originSuffix, strconv.FormatUint(origin, 10))
+	// Symlinks cannot carry user.* xattrs; their inode number then
+	// follows the copy (documented).
+	if !isLink || u.ns == whiteout.Trusted {
+		dst.setOverlayXattr(u.ns, originSuffix, strconv.FormatUint(origin, 10))
 	}
-	ts := []unix.Timespec{unix.Timespec(st.Atim), unix.Timespec(st.Mtim)}
-	return unix.UtimesNanoAt(unix.AT_FDCWD, dstPath, ts, unix.AT_SYMLINK_NOFOLLOW)
-}
-
-// copyMetaFd is copyMeta for a regular file, through the descriptors of
-// the lower file (in) and the copy (out): no path is looked up again.
-func (u *union) copyMetaFd(in, out int, st *unix.Stat_t, origin uint64) error {
-	if int(st.Uid) != u.euid || int(st.Gid) != u.egid {
-		if err := unix.Fchown(out, int(st.Uid), int(st.Gid)); err != nil && !errors.Is(err, unix.EINVAL) {
-			return err
-		}
-	}
-	if err := unix.Fchmod(out, st.Mode&07777); err != nil {
-		return err
-	}
-	names, err := listXattrsFd(in)
-	if err != nil && !errors.Is(err, unix.ENOTSUP) {
-		return err
-	}
-	for _, name := range names {
-		if isOverlayBookkeeping(name) {
-			continue
-		}
-		v, err := getXattrFd(in, name)
-		if err != nil {
-			continue
-		}
-		if err := unix.Fsetxattr(out, name, v, 0); err != nil {
-			return err
-		}
-	}
-	v := []byte(strconv.FormatUint(origin, 10))
-	if err := unix.Fsetxattr(out, u.ns.String()+"."+originSuffix, v, 0); err != nil && u.ns == whiteout.Trusted {
-		unix.Fsetxattr(out, whiteout.User.String()+"."+originSuffix, v, 0)
-	}
-	return futimens(out, []unix.Timespec{unix.Timespec(st.Atim), unix.Timespec(st.Mtim)})
+	return dst.utimes([]unix.Timespec{unix.Timespec(st.Atim), unix.Timespec(st.Mtim)})
 }
 
 // isOverlayBookkeeping: xattrs of overlayfs's and the union's own, which
@@ -456,22 +419,16 @@ func isOverlayBookkeeping(name string) bool {
 		strings.HasPrefix(name, "trusted.layerfs.") || strings.HasPrefix(name, "user.layerfs.")
 }
 
-// futimens sets the times of the file open as fd (utimensat with a NULL
-// path, which x/sys has no wrapper for).
-func futimens(fd int, ts []unix.Timespec) error {
-	_, _, errno := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
-	if errno != 0 {
-		return errno
-	}
-	return nil
-}
-
 // setOverlayXattr writes a private xattr in ns, falling back to the other
 // namespace when ns is refused (trusted.* needs real CAP_SYS_ADMIN).
 func setOverlayXattr(path string, ns whiteout.Namespace, suffix, value string) error {
-	err := unix.Lsetxattr(path, ns.String()+"."+suffix, []byte(value), 0)
+	return pathRef(path).setOverlayXattr(ns, suffix, value)
+}
+
+func (f fileRef) setOverlayXattr(ns whiteout.Namespace, suffix, value string) error {
+	err := f.setxattr(ns.String()+"."+suffix, []byte(value))
 	if err != nil && ns == whiteout.Trusted {
-		err = unix.Lsetxattr(path, whiteout.User.String()+"."+suffix, []byte(value), 0)
+		err = f.setxattr(whiteout.User.String()+"."+suffix, []byte(value))
 	}
 	return err
 }

@@ -194,7 +194,7 @@ func (u *union) ensureUpperDir(rel string, created []string) ([]string, error) {
 	if err := unix.Mkdirat(u.workFd, tmp, 0o700); err != nil {
 		return created, err
 	}
-	if err := u.copyMeta(src.path(f.lowerRel), u.workPath+"/"+tmp, &st, f.lowerIno); err != nil {
+	if err := u.copyMeta(pathRef(src.path(f.lowerRel)), pathRef(u.workPath+"/"+tmp), &st, f.lowerIno); err != nil {
 		unix.Unlinkat(u.workFd, tmp, unix.AT_REMOVEDIR)
 		return created, err
 	}

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -114,12 +115,65 @@ func (m *inoMapper) ino(dev, ino uint64) uint64 {
 
 // xattr helpers ------------------------------------------------------------
 
-func getXattr(path, name string) ([]byte, error) {
+// fileRef is a file for metadata calls: a path (l* calls, the last
+// component not followed) or, where fd >= 0, an open descriptor (f* calls,
+// no path looked up).
+type fileRef struct {
+	path string
+	fd   int
+}
+
+func pathRef(path string) fileRef { return fileRef{path: path, fd: -1} }
+
+func (f fileRef) getxattr(name string, buf []byte) (int, error) {
+	if f.fd >= 0 {
+		return unix.Fgetxattr(f.fd, name, buf)
+	}
+	return unix.Lgetxattr(f.path, name, buf)
+}
+
+func (f fileRef) listxattr(buf []byte) (int, error) {
+	if f.fd >= 0 {
+		return unix.Flistxattr(f.fd, buf)
+	}
+	return unix.Llistxattr(f.path, buf)
+}
+
+func (f fileRef) setxattr(name string, v []byte) error {
+	if f.fd >= 0 {
+		return unix.Fsetxattr(f.fd, name, v, 0)
+	}
+	return unix.Lsetxattr(f.path, name, v, 0)
+}
+
+func (f fileRef) chown(uid, gid int) error {
+	if f.fd >= 0 {
+		return unix.Fchown(f.fd, uid, gid)
+	}
+	return unix.Fchownat(unix.AT_FDCWD, f.path, uid, gid, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+func (f fileRef) chmod(mode uint32) error {
+	if f.fd >= 0 {
+		return unix.Fchmod(f.fd, mode)
+	}
+	return unix.Fchmodat(unix.AT_FDCWD, f.path, mode, 0)
+}
+
+func (f fileRef) utimes(ts []unix.Timespec) error {
+	if f.fd >= 0 {
+		return futimens(f.fd, ts)
+	}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, f.path, ts, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// xattrValue reads xattr name of f, whatever its size.
+func (f fileRef) xattrValue(name string) ([]byte, error) {
 	buf := make([]byte, 256)
 	for {
-		n, err := unix.Lgetxattr(path, name, buf)
+		n, err := f.getxattr(name, buf)
 		if errors.Is(err, unix.ERANGE) {
-			sz, err2 := unix.Lgetxattr(path, name, nil)
+			sz, err2 := f.getxattr(name, nil)
 			if err2 != nil {
 				return nil, err2
 			}
@@ -133,12 +187,13 @@ func getXattr(path, name string) ([]byte, error) {
 	}
 }
 
-func listXattrs(path string) ([]string, error) {
+// xattrNames lists the xattrs of f.
+func (f fileRef) xattrNames() ([]string, error) {
 	buf := make([]byte, 1024)
 	for {
-		n, err := unix.Llistxattr(path, buf)
+		n, err := f.listxattr(buf)
 		if errors.Is(err, unix.ERANGE) {
-			sz, err2 := unix.Llistxattr(path, nil)
+			sz, err2 := f.listxattr(nil)
 			if err2 != nil {
 				return nil, err2
 			}
@@ -158,51 +213,19 @@ func listXattrs(path string) ([]string, error) {
 	}
 }
 
-// listXattrsFd is listXattrs for an open file.
-func listXattrsFd(fd int) ([]string, error) {
-	buf := make([]byte, 1024)
-	for {
-		n, err := unix.Flistxattr(fd, buf)
-		if errors.Is(err, unix.ERANGE) {
-			sz, err2 := unix.Flistxattr(fd, nil)
-			if err2 != nil {
-				return nil, err2
-			}
-			buf = make([]byte, sz+256)
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		var names []string
-		for _, s := range strings.Split(string(buf[:n]), "\x00") {
-			if s != "" {
-				names = append(names, s)
-			}
-		}
-		return names, nil
+// futimens sets the times of the file open as fd (utimensat with a NULL
+// path, which x/sys has no wrapper for).
+func futimens(fd int, ts []unix.Timespec) error {
+	_, _, errno := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+	if errno != 0 {
+		return errno
 	}
+	return nil
 }
 
-// getXattrFd is getXattr for an open file.
-func getXattrFd(fd int, name string) ([]byte, error) {
-	buf := make([]byte, 256)
-	for {
-		n, err := unix.Fgetxattr(fd, name, buf)
-		if errors.Is(err, unix.ERANGE) {
-			sz, err2 := unix.Fgetxattr(fd, name, nil)
-			if err2 != nil {
-				return nil, err2
-			}
-			buf = make([]byte, sz+64)
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		return buf[:n], nil
-	}
-}
+func getXattr(path, name string) ([]byte, error) { return pathRef(path).xattrValue(name) }
+
+func listXattrs(path string) ([]string, error) { return pathRef(path).xattrNames() }
 
 func noXattr(err error) bool {
 	return errors.Is(err, unix.ENODATA) || errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EPERM)
