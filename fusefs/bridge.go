@@ -276,12 +276,7 @@ func (r *rawFS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, o
 		return st
 	}
 	n, fh, errno := d.create(r.callMasked(&in.InHeader, in.Umask), name, in.Flags, in.Mode, &out.EntryOut.Attr)
-	if errno != 0 {
-		return status(errno)
-	}
-	n.entryOut(&out.EntryOut)
-	r.opened(fh, &out.OpenOut)
-	return fuse.OK
+	return r.created(n, fh, errno, out)
 }
 
 func (r *rawFS) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.CreateOut) fuse.Status {
@@ -290,6 +285,11 @@ func (r *rawFS) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.Cre
 		return st
 	}
 	n, fh, errno := d.tmpfile(r.callMasked(&in.InHeader, in.Umask), in.Flags, in.Mode, &out.EntryOut.Attr)
+	return r.created(n, fh, errno, out)
+}
+
+// created answers a CREATE or TMPFILE: the new node's entry and its handle.
+func (r *rawFS) created(n *node, fh *fileHandle, errno syscall.Errno, out *fuse.CreateOut) fuse.Status {
 	if errno != 0 {
 		return status(errno)
 	}

@@ -108,19 +108,15 @@ func (t *tree) find(ino uint64) *node {
 // returns, registered under a new ID. make runs under t.mu and must not
 // take it.
 func (t *tree) lookup(parent *node, name string, ino uint64, make func() *node) *node {
-	var released []*node
-	t.mu.Lock()
-	n := t.findLocked(ino)
-	if n == nil {
-		n = make()
-		n.ino = ino
-		t.registerLocked(n)
-	}
-	t.nameLocked(n, parent, name, &released)
-	n.lookups++
-	t.mu.Unlock()
-	finish(released)
-	return n
+	return t.attach(parent, name, func() *node {
+		n := t.findLocked(ino)
+		if n == nil {
+			n = make()
+			n.ino = ino
+			t.registerLocked(n)
+		}
+		return n
+	})
 }
 
 // adopt counts one more kernel reference to n, known as parent/name
@@ -128,15 +124,23 @@ func (t *tree) lookup(parent *node, name string, ino uint64, make func() *node) 
 // table joins it, unless the table has another for its object already:
 // that one is returned.
 func (t *tree) adopt(n *node, parent *node, name string) *node {
-	var released []*node
-	t.mu.Lock()
-	if !n.registered {
-		if m := t.findLocked(n.ino); m != nil {
-			n = m
-		} else {
+	return t.attach(parent, name, func() *node {
+		if !n.registered {
+			if m := t.findLocked(n.ino); m != nil {
+				return m
+			}
 			t.registerLocked(n)
 		}
-	}
+		return n
+	})
+}
+
+// attach names the node pick chooses (under t.mu) parent/name and counts
+// one more kernel reference to it.
+func (t *tree) attach(parent *node, name string, pick func() *node) *node {
+	var released []*node
+	t.mu.Lock()
+	n := pick()
 	t.nameLocked(n, parent, name, &released)
 	n.lookups++
 	t.mu.Unlock()
