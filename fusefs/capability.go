@@ -45,10 +45,11 @@ func storedCapabilityName(path, attr string) string {
 	if attr != statoverride.SecurityCapability {
 		return attr
 	}
-	if _, err := unix.Lgetxattr(path, attr, nil); !errors.Is(err, unix.ENODATA) {
+	f := pathRef(path)
+	if _, err := f.getxattr(attr, nil); !errors.Is(err, unix.ENODATA) {
 		return attr
 	}
-	if _, err := unix.Lgetxattr(path, statoverride.CapabilityXattr, nil); err == nil {
+	if _, err := f.getxattr(statoverride.CapabilityXattr, nil); err == nil {
 		return statoverride.CapabilityXattr
 	}
 	return attr

@@ -397,7 +397,7 @@ func (u *union) copyMeta(src, dst fileRef, st *unix.Stat_t, origin uint64) error
 		if err != nil {
 			continue
 		}
-		if err := dst.setxattr(name, v); err != nil {
+		if err := dst.setxattr(name, v, 0); err != nil {
 			if isLink && (errors.Is(err, unix.EPERM) || errors.Is(err, unix.ENOTSUP)) {
 				continue
 			}
@@ -426,9 +426,9 @@ func setOverlayXattr(path string, ns whiteout.Namespace, suffix, value string) e
 }
 
 func (f fileRef) setOverlayXattr(ns whiteout.Namespace, suffix, value string) error {
-	err := f.setxattr(ns.String()+"."+suffix, []byte(value))
+	err := f.setxattr(ns.String()+"."+suffix, []byte(value), 0)
 	if err != nil && ns == whiteout.Trusted {
-		err = f.setxattr(whiteout.User.String()+"."+suffix, []byte(value))
+		err = f.setxattr(whiteout.User.String()+"."+suffix, []byte(value), 0)
 	}
 	return err
 }

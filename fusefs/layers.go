@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/layerfs/layerfs/statoverride"
 	"github.com/layerfs/layerfs/whiteout"
 )
 
@@ -116,43 +117,84 @@ func (m *inoMapper) ino(dev, ino uint64) uint64 {
 // xattr helpers ------------------------------------------------------------
 
 // fileRef is a file for metadata calls: a path (l* calls, the last
-// component not followed) or, where fd >= 0, an open descriptor (f* calls,
-// no path looked up).
+// component not followed), or, where fd >= 0, an open descriptor (f*
+// calls, no path looked up). A path procFd made names an object no name
+// leads to through the daemon's descriptor: calls follow that link, since
+// l* calls would act on the /proc link itself.
 type fileRef struct {
-	path string
-	fd   int
+	path   string
+	fd     int
+	follow bool
 }
 
-func pathRef(path string) fileRef { return fileRef{path: path, fd: -1} }
+func pathRef(path string) fileRef {
+	return fileRef{path: path, fd: -1, follow: isProcFdPath(path)}
+}
+
+// nofollow is the *at flag for f's path.
+func (f fileRef) nofollow() int {
+	if f.follow {
+		return 0
+	}
+	return unix.AT_SYMLINK_NOFOLLOW
+}
+
+func (f fileRef) lstat(st *unix.Stat_t) error {
+	if f.fd >= 0 {
+		return unix.Fstat(f.fd, st)
+	}
+	return unix.Fstatat(unix.AT_FDCWD, f.path, st, f.nofollow())
+}
 
 func (f fileRef) getxattr(name string, buf []byte) (int, error) {
-	if f.fd >= 0 {
+	switch {
+	case f.fd >= 0:
 		return unix.Fgetxattr(f.fd, name, buf)
+	case f.follow:
+		return unix.Getxattr(f.path, name, buf)
 	}
 	return unix.Lgetxattr(f.path, name, buf)
 }
 
 func (f fileRef) listxattr(buf []byte) (int, error) {
-	if f.fd >= 0 {
+	switch {
+	case f.fd >= 0:
 		return unix.Flistxattr(f.fd, buf)
+	case f.follow:
+		return unix.Listxattr(f.path, buf)
 	}
 	return unix.Llistxattr(f.path, buf)
 }
 
-func (f fileRef) setxattr(name string, v []byte) error {
-	if f.fd >= 0 {
-		return unix.Fsetxattr(f.fd, name, v, 0)
+func (f fileRef) setxattr(name string, v []byte, flags int) error {
+	switch {
+	case f.fd >= 0:
+		return unix.Fsetxattr(f.fd, name, v, flags)
+	case f.follow:
+		return unix.Setxattr(f.path, name, v, flags)
 	}
-	return unix.Lsetxattr(f.path, name, v, 0)
+	return unix.Lsetxattr(f.path, name, v, flags)
+}
+
+func (f fileRef) removexattr(name string) error {
+	switch {
+	case f.fd >= 0:
+		return unix.Fremovexattr(f.fd, name)
+	case f.follow:
+		return unix.Removexattr(f.path, name)
+	}
+	return unix.Lremovexattr(f.path, name)
 }
 
 func (f fileRef) chown(uid, gid int) error {
 	if f.fd >= 0 {
 		return unix.Fchown(f.fd, uid, gid)
 	}
-	return unix.Fchownat(unix.AT_FDCWD, f.path, uid, gid, unix.AT_SYMLINK_NOFOLLOW)
+	return unix.Fchownat(unix.AT_FDCWD, f.path, uid, gid, f.nofollow())
 }
 
+// chmod follows a symlink at f's path (Linux cannot change a symlink's
+// mode); callers check the type first.
 func (f fileRef) chmod(mode uint32) error {
 	if f.fd >= 0 {
 		return unix.Fchmod(f.fd, mode)
@@ -164,7 +206,31 @@ func (f fileRef) utimes(ts []unix.Timespec) error {
 	if f.fd >= 0 {
 		return futimens(f.fd, ts)
 	}
-	return unix.UtimesNanoAt(unix.AT_FDCWD, f.path, ts, unix.AT_SYMLINK_NOFOLLOW)
+	return unix.UtimesNanoAt(unix.AT_FDCWD, f.path, ts, f.nofollow())
+}
+
+// override reads f's override_stat record; ok is false when there is none.
+func (f fileRef) override() (s statoverride.Stat, ok bool, err error) {
+	var buf [128]byte
+	n, err := f.getxattr(statoverride.Xattr, buf[:])
+	if errors.Is(err, unix.ENODATA) || errors.Is(err, unix.ENOTSUP) {
+		return statoverride.Stat{}, false, nil
+	}
+	if err != nil {
+		return statoverride.Stat{}, false, fmt.Errorf("read %s of %s: %w", statoverride.Xattr, f.path, err)
+	}
+	if s, err = statoverride.Parse(string(buf[:n])); err != nil {
+		return statoverride.Stat{}, false, fmt.Errorf("%s: %w", f.path, err)
+	}
+	return s, true, nil
+}
+
+// setOverride writes f's override_stat record.
+func (f fileRef) setOverride(s statoverride.Stat) error {
+	if err := f.setxattr(statoverride.Xattr, []byte(statoverride.Format(s)), 0); err != nil {
+		return fmt.Errorf("write %s on %s: %w", statoverride.Xattr, f.path, err)
+	}
+	return nil
 }
 
 // xattrValue reads xattr name of f, whatever its size.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -252,9 +253,26 @@ func (l loc) lstat(st *unix.Stat_t) error {
 	return unix.Fstatat(l.fd, l.rel, st, unix.AT_SYMLINK_NOFOLLOW)
 }
 
-// procFd is the location of an open descriptor of the daemon's.
+// procFd is the location of an open descriptor of the daemon's: its
+// /proc/self/fd link, which calls must follow (see fileRef).
 func procFd(fd int, upper bool) loc {
-	return loc{fd: unix.AT_FDCWD, root: "/proc/self/fd", rel: "/proc/self/fd/" + strconv.Itoa(fd), upper: upper}
+	return loc{fd: unix.AT_FDCWD, root: procFdDir, rel: procFdDir + "/" + strconv.Itoa(fd), upper: upper}
+}
+
+const procFdDir = "/proc/self/fd"
+
+// isProcFdPath reports whether path is one procFd made.
+func isProcFdPath(path string) bool {
+	rest, ok := strings.CutPrefix(path, procFdDir+"/")
+	if !ok || rest == "" {
+		return false
+	}
+	for _, c := range []byte(rest) {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // where returns the object's current location.
@@ -464,17 +482,8 @@ func (n *node) getattr(h *fileHandle, out *fuse.Attr) syscall.Errno {
 		if errno != 0 {
 			return errno
 		}
-		err := l.lstat(&st)
-		if l.upper && l.fd == u.upper.fd && (errors.Is(err, unix.ENOENT) || err == nil && !n.isObject(&st, l)) {
-			// An unlink, rmdir or rename in flight may have changed
-			// the name on disk and not yet in the tree: the path
-			// led nowhere or to another object.
-			u.settleMoves()
-			if l, errno = n.where(); errno != 0 {
-				return errno
-			}
-			err = l.lstat(&st)
-		}
+		var err error
+		l, err = n.retryMoved(l, &st, func(l loc) error { return l.lstat(&st) })
 		if err != nil {
 			return toErrno(err)
 		}
@@ -524,6 +533,41 @@ func (n *node) isObject(st *unix.Stat_t, l loc) bool {
 	return true
 }
 
+// maxMoveRetries bounds retryMoved under a stream of renames.
+const maxMoveRetries = 8
+
+// retryMoved makes call at n's location l, and again at n's location
+// now when it found no object there, or (st given, filled by call)
+// another object: an unlink, rmdir or rename in flight may have changed
+// the names on disk and not yet in the tree (see union.moveMu). The
+// kernel does not lock an object's ancestors for a request on it, so a
+// rename of a directory above may be half done. It returns the location
+// the last call was made at.
+func (n *node) retryMoved(l loc, st *unix.Stat_t, call func(loc) error) (loc, error) {
+	u := n.u
+	for tries := 0; ; tries++ {
+		moves := u.viewGen.Load()
+		err := call(l)
+		if !l.upper || l.fd != u.upper.fd || tries == maxMoveRetries {
+			return l, err
+		}
+		// ELOOP: an O_NOFOLLOW open found a symlink where n was.
+		missing := errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP)
+		if !missing && (err != nil || st == nil || n.isObject(st, l)) {
+			return l, err
+		}
+		u.settleMoves()
+		now, errno := n.where()
+		if errno != 0 {
+			return l, errno
+		}
+		if now == l && u.viewGen.Load() == moves {
+			return l, err // nothing moved: that is the answer
+		}
+		l = now
+	}
+}
+
 func (n *node) statfs(out *fuse.StatfsOut) syscall.Errno {
 	u := n.u
 	var s syscall.Statfs_t
@@ -545,16 +589,18 @@ func (n *node) readlink() ([]byte, syscall.Errno) {
 	if errno != 0 {
 		return nil, errno
 	}
-	for sz := 256; ; sz *= 2 {
-		buf := make([]byte, sz)
-		m, err := unix.Readlinkat(l.fd, l.rel, buf)
-		if err != nil {
-			return nil, toErrno(err)
+	var target []byte
+	_, err := n.retryMoved(l, nil, func(l loc) error {
+		for sz := 256; ; sz *= 2 {
+			buf := make([]byte, sz)
+			m, err := unix.Readlinkat(l.fd, l.rel, buf)
+			if err != nil || m < sz {
+				target = buf[:max(m, 0)]
+				return err
+			}
 		}
-		if m < sz {
-			return buf[:m], 0
-		}
-	}
+	})
+	return target, toErrno(err)
 }
 
 func (n *node) getxattr(attr string, dest []byte) (uint32, syscall.Errno) {
@@ -585,7 +631,11 @@ func (n *node) storedXattr(attr string, dest []byte) (uint32, syscall.Errno) {
 	if errno != 0 {
 		return 0, errno
 	}
-	sz, err := unix.Lgetxattr(l.path(), attr, dest)
+	var sz int
+	_, err := n.retryMoved(l, nil, func(l loc) (err error) {
+		sz, err = pathRef(l.path()).getxattr(attr, dest)
+		return err
+	})
 	return uint32(max(sz, 0)), toErrno(err)
 }
 
@@ -597,7 +647,11 @@ func (n *node) listxattr(dest []byte) (uint32, syscall.Errno) {
 	if errno != 0 {
 		return 0, errno
 	}
-	names, err := listXattrs(l.path())
+	var names []string
+	_, err := n.retryMoved(l, nil, func(l loc) (err error) {
+		names, err = listXattrs(l.path())
+		return err
+	})
 	if err != nil {
 		return 0, toErrno(err)
 	}

@@ -615,30 +615,65 @@ func (n *node) setattr(c *call, hf *fileHandle, in *fuse.SetAttrIn, out *fuse.At
 	if errno := u.copyUp(n, hasSize && size == 0); errno != 0 {
 		return errno
 	}
-	l, errno := n.where()
-	if errno != 0 {
-		if hf == nil || !hf.upper {
-			return errno
-		}
-		l = procFd(hf.fd, true)
-	}
-	path := l.path()
 	var st unix.Stat_t
-	if err := unix.Lstat(path, &st); err != nil {
-		return toErrno(err)
+	var errno syscall.Errno
+	if hf != nil && hf.upper {
+		// The request came through an open file (ftruncate): it is
+		// the object, and no name needs resolving.
+		if err := unix.Fstat(hf.fd, &st); err != nil {
+			return toErrno(err)
+		}
+		l, werr := n.where()
+		if werr != 0 {
+			l = procFd(hf.fd, true)
+		}
+		errno = n.applySetattr(hf, in, l, procFd(hf.fd, true).path(), &st)
+	} else {
+		l, werr := n.where()
+		if werr != 0 {
+			return werr
+		}
+		l, err := n.retryMoved(l, &st, func(l loc) error { return l.lstat(&st) })
+		if err != nil {
+			return toErrno(err)
+		}
+		// Each change is absolute, so all are made again where a
+		// rename above moved the object midway.
+		_, err = n.retryMoved(l, nil, func(l loc) error {
+			if errno := n.applySetattr(hf, in, l, l.path(), &st); errno != 0 {
+				return errno
+			}
+			return nil
+		})
+		errno = toErrno(err)
 	}
+	if errno != 0 {
+		return errno
+	}
+	if errno := n.getattr(hf, &out.Attr); errno != 0 {
+		return errno
+	}
+	out.SetTimeout(u.opts.Timeout)
+	return 0
+}
+
+// applySetattr makes setattr's changes to n's object at path (location l,
+// stat st).
+func (n *node) applySetattr(hf *fileHandle, in *fuse.SetAttrIn, l loc, path string, st *unix.Stat_t) syscall.Errno {
+	u := n.u
+	ref := pathRef(path)
 	var ov statoverride.Stat
 	hasOv := false
 	n.mu.Lock()
 	noRecords := n.upperNoRecords && l.upper
 	n.mu.Unlock()
 	if !noRecords {
-		ov, hasOv, _ = statoverride.Get(path)
+		ov, hasOv, _ = ref.override()
 	}
 	mode, hasMode := in.GetMode()
 	uid, hasUID := in.GetUID()
 	gid, hasGID := in.GetGID()
-	special, errno := u.setSpecialOwner(n, l, &st, in) // ownertable.go
+	special, errno := u.setSpecialOwner(n, l, st, in) // ownertable.go
 	if errno != 0 {
 		return errno
 	}
@@ -655,7 +690,7 @@ func (n *node) setattr(c *call, hf *fileHandle, in *fuse.SetAttrIn, out *fuse.At
 		if hasGID {
 			ov.GID = gid
 		}
-		if err := statoverride.Set(path, ov); err != nil {
+		if err := ref.setOverride(ov); err != nil {
 			return toErrno(errors.Unwrap(err))
 		}
 	} else {
@@ -668,12 +703,12 @@ func (n *node) setattr(c *call, hf *fileHandle, in *fuse.SetAttrIn, out *fuse.At
 			if st.Mode&unix.S_IFMT == unix.S_IFLNK {
 				return syscall.EOPNOTSUPP
 			}
-			if err := unix.Fchmodat(unix.AT_FDCWD, path, mode&07777, 0); err != nil {
+			if err := ref.chmod(mode & 07777); err != nil {
 				return toErrno(err)
 			}
 		}
 	}
-	if hasSize {
+	if size, hasSize := in.GetSize(); hasSize {
 		var err error
 		if hf != nil && hf.upper && hf.writable {
 			err = unix.Ftruncate(hf.fd, int64(size))
@@ -698,14 +733,10 @@ func (n *node) setattr(c *call, hf *fileHandle, in *fuse.SetAttrIn, out *fuse.At
 		} else if hasM {
 			ts[1] = unix.NsecToTimespec(mtime.UnixNano())
 		}
-		if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err := ref.utimes(ts); err != nil {
 			return toErrno(err)
 		}
 	}
-	if errno := n.getattr(hf, &out.Attr); errno != 0 {
-		return errno
-	}
-	out.SetTimeout(u.opts.Timeout)
 	return 0
 }
 
@@ -730,7 +761,8 @@ func (n *node) setxattr(attr string, data []byte, flags uint32) syscall.Errno {
 	if errno != 0 {
 		return errno
 	}
-	return toErrno(unix.Lsetxattr(l.path(), attr, data, int(flags)))
+	_, err := n.retryMoved(l, nil, func(l loc) error { return pathRef(l.path()).setxattr(attr, data, int(flags)) })
+	return toErrno(err)
 }
 
 func (n *node) removexattr(attr string) syscall.Errno {
@@ -749,17 +781,24 @@ func (n *node) removexattr(attr string) syscall.Errno {
 	if errno != 0 {
 		return errno
 	}
-	attr = storedCapabilityName(l.path(), attr) // capability.go
-	if _, err := unix.Lgetxattr(l.path(), attr, nil); err != nil {
+	stored := attr
+	_, err := n.retryMoved(l, nil, func(l loc) error {
+		stored = storedCapabilityName(l.path(), attr) // capability.go
+		_, err := pathRef(l.path()).getxattr(stored, nil)
+		return err
+	})
+	if err != nil {
 		return toErrno(err)
 	}
+	attr = stored
 	if errno := u.copyUp(n, false); errno != 0 {
 		return errno
 	}
 	if l, errno = n.where(); errno != 0 {
 		return errno
 	}
-	return toErrno(unix.Lremovexattr(l.path(), attr))
+	_, err = n.retryMoved(l, nil, func(l loc) error { return pathRef(l.path()).removexattr(attr) })
+	return toErrno(err)
 }
 
 func (n *node) open(flags uint32) (*fileHandle, syscall.Errno) {
@@ -778,57 +817,37 @@ func (n *node) open(flags uint32) (*fileHandle, syscall.Errno) {
 		return nil, errno
 	}
 	oflags := int(flags)&^(unix.O_APPEND|unix.O_CREAT|unix.O_EXCL|fuse.FMODE_EXEC) | unix.O_CLOEXEC
-	var fd int
-	var err error
-	if l.fd == unix.AT_FDCWD {
-		// An object no name leads to, reopened through a descriptor
-		// the daemon holds (/proc/self/fd): a link to follow.
-		fd, err = unix.Open(l.rel, oflags, 0)
-	} else {
-		oflags |= unix.O_NOFOLLOW
-		fd, err = unix.Openat(l.fd, l.rel, oflags, 0)
-		if l.upper && l.fd == u.upper.fd && (errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) || err == nil && !n.isOpen(fd, l)) {
-			// An unlink, rmdir or rename in flight may have changed
-			// the name on disk and not yet in the tree (see getattr).
-			if err == nil {
-				unix.Close(fd)
-			}
-			u.settleMoves()
-			if l, errno = n.where(); errno != 0 {
-				return nil, errno
-			}
-			return n.openAt(l, oflags)
+	fd := -1
+	var st unix.Stat_t
+	l, err := n.retryMoved(l, &st, func(l loc) error {
+		if fd >= 0 {
+			unix.Close(fd)
 		}
-	}
+		var err error
+		if l.fd == unix.AT_FDCWD {
+			// An object no name leads to, reopened through a
+			// descriptor the daemon holds (/proc/self/fd): a link
+			// to follow.
+			fd, err = unix.Open(l.rel, oflags, 0)
+		} else {
+			fd, err = unix.Openat(l.fd, l.rel, oflags|unix.O_NOFOLLOW, 0)
+		}
+		if err != nil {
+			fd = -1
+			return err
+		}
+		if l.upper && l.fd == u.upper.fd {
+			return unix.Fstat(fd, &st) // for retryMoved's check
+		}
+		return nil
+	})
 	if err != nil {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
 		return nil, toErrno(err)
 	}
 	return u.newHandle(n, fd, oflags, l.upper, l.rel)
-}
-
-// isOpen reports whether fd, opened at upper location l, is n's object.
-func (n *node) isOpen(fd int, l loc) bool {
-	var st unix.Stat_t
-	return unix.Fstat(fd, &st) == nil && n.isObject(&st, l)
-}
-
-// openAt opens n's object at l, once the tree matches the disk again.
-func (n *node) openAt(l loc, oflags int) (*fileHandle, syscall.Errno) {
-	var fd int
-	var err error
-	if l.fd == unix.AT_FDCWD {
-		fd, err = unix.Open(l.rel, oflags&^unix.O_NOFOLLOW, 0)
-	} else {
-		fd, err = unix.Openat(l.fd, l.rel, oflags|unix.O_NOFOLLOW, 0)
-	}
-	if err != nil {
-		return nil, toErrno(err)
-	}
-	if l.upper && l.fd == n.u.upper.fd && !n.isOpen(fd, l) {
-		unix.Close(fd)
-		return nil, syscall.ENOENT
-	}
-	return n.u.newHandle(n, fd, oflags, l.upper, l.rel)
 }
 
 // tmpfile makes an O_TMPFILE file in the upper copy of directory d.

@@ -433,7 +433,7 @@ func (u *union) chownNative(path string, hasUID bool, uid uint32, hasGID bool, g
 		}
 		dg = int(v)
 	}
-	return unix.Fchownat(unix.AT_FDCWD, path, du, dg, unix.AT_SYMLINK_NOFOLLOW)
+	return pathRef(path).chown(du, dg)
 }
 
 // getOverride reads the override_stat xattr of the object at path (stat
@@ -442,7 +442,7 @@ func getOverride(path string, st *unix.Stat_t) (statoverride.Stat, bool, error) 
 	if ownertable.NeedsTable(st.Mode) {
 		return statoverride.Stat{}, false, nil
 	}
-	return statoverride.Get(path)
+	return pathRef(path).override()
 }
 
 // showSpecialOwner is presentSpecialOwner for node n at l (from

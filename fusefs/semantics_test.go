@@ -796,3 +796,188 @@ func TestCrossDeviceLayers(t *testing.T) {
 		t.Errorf("st_ino %d before copy-up, %d after", before, after)
 	}
 }
+
+// TestOpsDuringAncestorRename: a change or query of a file by descriptor
+// while a directory above it is renamed finds the file. The kernel sends
+// such requests without locking the file's ancestors, so the union's
+// path for the file may be mid-change when it arrives.
+func TestOpsDuringAncestorRename(t *testing.T) {
+	lowers, upper, work := layerDirs(t, 1)
+	mnt := mountT(t, Options{Lowers: lowers, Upper: upper, Work: work})
+	mustWrite(t, filepath.Join(mnt, "a/b/f"), "f")
+	if err := os.Symlink("target", filepath.Join(mnt, "a/b/l")); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(mnt, "a/b/f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	lfd, err := unix.Open(filepath.Join(mnt, "a/b/l"), unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(lfd)
+	if err := unix.Fsetxattr(fd, "user.k", []byte("v"), 0); err != nil {
+		t.Fatal(err)
+	}
+
+	stop := make(chan struct{})
+	renamed := make(chan error, 1)
+	go func() {
+		names := [2]string{filepath.Join(mnt, "a"), filepath.Join(mnt, "z")}
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				renamed <- nil
+				return
+			default:
+			}
+			if err := os.Rename(names[i%2], names[(i+1)%2]); err != nil {
+				renamed <- err
+				return
+			}
+		}
+	}()
+	ops := []struct {
+		name string
+		do   func(i int) error
+	}{
+		{"fchmod", func(i int) error { return unix.Fchmod(fd, uint32(0o600+i%2*0o40)) }},
+		{"fsetxattr", func(i int) error { return unix.Fsetxattr(fd, "user.k", []byte("v"), 0) }},
+		{"fgetxattr", func(int) error { _, err := unix.Fgetxattr(fd, "user.k", make([]byte, 8)); return err }},
+		{"flistxattr", func(int) error { _, err := unix.Flistxattr(fd, make([]byte, 64)); return err }},
+		{"fremovexattr", func(int) error {
+			if err := unix.Fremovexattr(fd, "user.k"); err != nil {
+				return err
+			}
+			return unix.Fsetxattr(fd, "user.k", []byte("v"), 0)
+		}},
+		{"readlink", func(int) error { _, err := unix.Readlinkat(lfd, "", make([]byte, 16)); return err }},
+		// Reopening through /proc sends an OPEN with no lookup.
+		{"reopen", func(int) error {
+			g, err := os.Open(fmt.Sprintf("/proc/self/fd/%d", fd))
+			if err == nil {
+				g.Close()
+			}
+			return err
+		}},
+	}
+	failures := map[string]error{}
+	deadline := time.Now().Add(2 * time.Second)
+	for i := 0; time.Now().Before(deadline); i++ {
+		for _, op := range ops {
+			if err := op.do(i); err != nil && failures[op.name] == nil {
+				failures[op.name] = fmt.Errorf("iteration %d: %w", i, err)
+			}
+		}
+	}
+	close(stop)
+	if err := <-renamed; err != nil {
+		t.Fatalf("rename: %v", err)
+	}
+	for name, err := range failures {
+		t.Errorf("%s while an ancestor is renamed: %v", name, err)
+	}
+}
+
+// TestNamelessOpenFile: an open file no name leads to any more (unlinked,
+// renamed over, or made with O_TMPFILE) takes every change and query
+// through its descriptor, as on any Linux file system. The union reaches
+// such a file through its own descriptor's /proc link, which the
+// no-follow (l*) calls would have acted on instead of the file.
+func TestNamelessOpenFile(t *testing.T) {
+	lowers, upper, work := layerDirs(t, 1)
+	mustWrite(t, filepath.Join(lowers[0], "lower"), "lower data")
+	mnt := mountT(t, Options{Lowers: lowers, Upper: upper, Work: work})
+	open := func(t *testing.T, name string) *os.File {
+		f, err := os.OpenFile(filepath.Join(mnt, name), os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	cases := []struct {
+		name     string
+		nameless func(t *testing.T) *os.File
+	}{
+		{"unlinked", func(t *testing.T) *os.File {
+			mustWrite(t, filepath.Join(mnt, "u"), "data")
+			f := open(t, "u")
+			if err := os.Remove(filepath.Join(mnt, "u")); err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}},
+		{"lower, copied up and unlinked", func(t *testing.T) *os.File {
+			f := open(t, "lower")
+			if err := os.Remove(filepath.Join(mnt, "lower")); err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}},
+		{"renamed over", func(t *testing.T) *os.File {
+			mustWrite(t, filepath.Join(mnt, "r"), "data")
+			mustWrite(t, filepath.Join(mnt, "r2"), "other")
+			f := open(t, "r")
+			if err := os.Rename(filepath.Join(mnt, "r2"), filepath.Join(mnt, "r")); err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}},
+		{"O_TMPFILE", func(t *testing.T) *os.File {
+			fd, err := unix.Open(mnt, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o644)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return os.NewFile(uintptr(fd), "tmpfile")
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := tc.nameless(t)
+			defer f.Close()
+			fd := int(f.Fd())
+			steps := []struct {
+				what string
+				err  error
+			}{
+				{"fchmod", unix.Fchmod(fd, 0o640)},
+				{"fchown", unix.Fchown(fd, 1, 2)},
+				{"ftruncate", unix.Ftruncate(fd, 3)},
+				{"futimens", unix.Futimes(fd, []unix.Timeval{{Sec: 5}, {Sec: 7}})},
+				{"fsetxattr", unix.Fsetxattr(fd, "user.k", []byte("v"), 0)},
+			}
+			for _, s := range steps {
+				if s.err != nil {
+					t.Errorf("%s: %v", s.what, s.err)
+				}
+			}
+			var st unix.Stat_t
+			if err := unix.Fstat(fd, &st); err != nil {
+				t.Fatal(err)
+			}
+			if st.Mode != unix.S_IFREG|0o640 || st.Uid != 1 || st.Gid != 2 || st.Size != 3 || st.Mtim.Sec != 7 {
+				t.Errorf("stat: mode %o uid %d gid %d size %d mtime %d; want %o 1 2 3 7",
+					st.Mode, st.Uid, st.Gid, st.Size, st.Mtim.Sec, unix.S_IFREG|0o640)
+			}
+			buf := make([]byte, 16)
+			if n, err := unix.Fgetxattr(fd, "user.k", buf); err != nil || string(buf[:n]) != "v" {
+				t.Errorf("fgetxattr = %q, %v", buf[:max(n, 0)], err)
+			}
+			if n, err := unix.Flistxattr(fd, buf); err != nil || !strings.Contains(string(buf[:max(n, 0)]), "user.k") {
+				t.Errorf("flistxattr = %q, %v", buf[:max(n, 0)], err)
+			}
+			if err := unix.Fremovexattr(fd, "user.k"); err != nil {
+				t.Errorf("fremovexattr: %v", err)
+			}
+		})
+	}
+	if b, err := os.ReadFile(filepath.Join(mnt, "r")); err != nil || string(b) != "other" {
+		t.Errorf("the file renamed over r: %q, %v", b, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(lowers[0], "lower")); string(b) != "lower data" {
+		t.Errorf("lower file changed: %q", b)
+	}
+}

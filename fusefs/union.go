@@ -40,8 +40,9 @@ type union struct {
 	rootDirs       []lowerDir // the lowers merged at the root
 	root           *node      // set by Mount; for finding looked-up nodes by path
 	// viewGen moves on every change that may hide or uncover names
-	// (unlink, rmdir, rename, copy-up), so per-node counts of visible
-	// names know when to recount.
+	// (each unlink, rmdir and rename adds one before it releases
+	// moveMu), so per-node counts of visible names know when to
+	// recount, and retryMoved whether a path may have moved.
 	viewGen atomic.Uint64
 	// redirects: see redirectViews.
 	redirectMu     sync.Mutex
@@ -499,7 +500,7 @@ func parseRedirect(v string) (target string, abs, ok bool) {
 func presentedType(path string, st *unix.Stat_t) uint32 {
 	t := st.Mode & unix.S_IFMT
 	if t == unix.S_IFREG && st.Size == 0 {
-		if ov, ok, _ := statoverride.Get(path); ok && ov.HasType() {
+		if ov, ok, _ := pathRef(path).override(); ok && ov.HasType() {
 			return ov.Mode & unix.S_IFMT
 		}
 	}
