@@ -6,7 +6,7 @@ BIN      := bin
 FUZZTIME ?= 10s
 PKGS     := ./...
 
-.PHONY: all build test test-rootless unit e2e fuzz bench lint demo deps clean
+.PHONY: all build test test-rootless unit race e2e fuzz bench lint demo deps clean
 
 all: build
 
@@ -22,10 +22,12 @@ build:
 deps:
 	./scripts/install-test-deps.sh
 
-# Unit and end-to-end tests as root, the end-to-end suite again as a plain
-# user (the rootless pass), then a short run of every fuzz target.
+# Unit and end-to-end tests as root, the union's tests again under the race
+# detector, the end-to-end suite again as a plain user (the rootless pass),
+# then a short run of every fuzz target.
 test: deps lint
 	$(GO) test -count=1 -timeout 20m $(PKGS)
+	$(MAKE) race
 	./scripts/test-rootless.sh
 	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
 
@@ -37,6 +39,11 @@ test-rootless:
 
 unit: build
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /tests/)
+
+# The union serves requests in parallel: its tests under the race detector
+# (which needs cgo).
+race:
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m ./fusefs/
 
 e2e: build
 	$(GO) test -count=1 -v ./tests/e2e/...

@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
-	"golang.org/x/sys/unix"
 )
 
 // POSIX ACLs. Where the kernel checks permissions (default_permissions),
@@ -89,29 +88,21 @@ func (u *union) newObjectMode(c *call, parentPath string, mode uint32, isDir boo
 // is set again. Setting an access ACL changes the group bits to its mask,
 // which o.mode already reflects.
 func (u *union) applyNewObject(path string, fd int, o newObject) error {
-	set := func(name string, v []byte) error {
-		if fd >= 0 {
-			return unix.Fsetxattr(fd, name, v, 0)
-		}
-		return unix.Lsetxattr(path, name, v, 0)
-	}
+	f := fileRef{path: path, fd: fd}
 	if o.access != nil {
-		if err := set(aclAccessXattr, o.access); err != nil {
+		if err := f.setxattr(aclAccessXattr, o.access, 0); err != nil {
 			return err
 		}
 	}
 	if o.dflt != nil {
-		if err := set(aclDefaultXattr, o.dflt); err != nil {
+		if err := f.setxattr(aclDefaultXattr, o.dflt, 0); err != nil {
 			return err
 		}
 	}
 	if o.access == nil && o.mode&u.procUmask&0o777 == 0 {
 		return nil
 	}
-	if fd >= 0 {
-		return unix.Fchmod(fd, o.mode)
-	}
-	return unix.Fchmodat(unix.AT_FDCWD, path, o.mode, 0)
+	return f.chmod(o.mode)
 }
 
 // processUmask reads this process's umask without changing it (umask(2)

@@ -94,7 +94,10 @@ func (r *rawFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, ou
 		p.entryOut(out)
 		return fuse.OK
 	}
-	_, errno := d.lookup(name, out)
+	errno := r.u.retryInDir(func() (errno syscall.Errno) { // moves.go
+		_, errno = d.lookup(name, out)
+		return errno
+	})
 	if errno == syscall.ENOENT {
 		// A negative entry: the kernel remembers the name is free.
 		*out = fuse.EntryOut{}
@@ -148,6 +151,8 @@ func (r *rawFS) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out
 	if !st.Ok() {
 		return st
 	}
+	r.u.holdNames() // moves.go
+	defer r.u.releaseNames()
 	n, errno := d.mknod(r.callMasked(&in.InHeader, in.Umask), name, in.Mode, in.Rdev, &out.Attr)
 	return entry(n, errno, out)
 }
@@ -157,6 +162,8 @@ func (r *rawFS) Mkdir(cancel <-chan struct{}, in *fuse.MkdirIn, name string, out
 	if !st.Ok() {
 		return st
 	}
+	r.u.holdNames()
+	defer r.u.releaseNames()
 	n, errno := d.mkdir(r.callMasked(&in.InHeader, in.Umask), name, in.Mode, &out.Attr)
 	return entry(n, errno, out)
 }
@@ -166,6 +173,8 @@ func (r *rawFS) Symlink(cancel <-chan struct{}, h *fuse.InHeader, target, name s
 	if !st.Ok() {
 		return st
 	}
+	r.u.holdNames()
+	defer r.u.releaseNames()
 	n, errno := d.symlink(r.callOf(h), target, name, &out.Attr)
 	return entry(n, errno, out)
 }
@@ -179,6 +188,8 @@ func (r *rawFS) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *
 	if !st.Ok() {
 		return st
 	}
+	r.u.holdNames()
+	defer r.u.releaseNames()
 	n, errno := d.link(r.callOf(&in.InHeader), target, name, &out.Attr)
 	return entry(n, errno, out)
 }
@@ -275,6 +286,8 @@ func (r *rawFS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, o
 	if !st.Ok() {
 		return st
 	}
+	r.u.holdNames()
+	defer r.u.releaseNames()
 	n, fh, errno := d.create(r.callMasked(&in.InHeader, in.Umask), name, in.Flags, in.Mode, &out.EntryOut.Attr)
 	return r.created(n, fh, errno, out)
 }
@@ -284,6 +297,8 @@ func (r *rawFS) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.Cre
 	if !st.Ok() {
 		return st
 	}
+	r.u.holdNames()
+	defer r.u.releaseNames()
 	n, fh, errno := d.tmpfile(r.callMasked(&in.InHeader, in.Umask), in.Flags, in.Mode, &out.EntryOut.Attr)
 	return r.created(n, fh, errno, out)
 }
@@ -442,7 +457,7 @@ func (r *rawFS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEn
 	if !st.Ok() {
 		return st
 	}
-	return status(d.readdir(in.Offset, out, false))
+	return status(r.u.retryInDir(func() syscall.Errno { return d.readdir(in.Offset, out, false) }))
 }
 
 func (r *rawFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
@@ -450,7 +465,7 @@ func (r *rawFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.D
 	if !st.Ok() {
 		return st
 	}
-	return status(d.readdir(in.Offset, out, true))
+	return status(r.u.retryInDir(func() syscall.Errno { return d.readdir(in.Offset, out, true) }))
 }
 
 func (r *rawFS) ReleaseDir(in *fuse.ReleaseIn) {}

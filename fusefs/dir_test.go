@@ -116,8 +116,8 @@ func TestReaddirPlusPolicy(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	srv, mnt := mountServerT(t, Options{Lowers: lowers, Upper: upper, Work: work})
-	srv.u.plusMax = 200 // before the first READDIRPLUS; small dirs are quick to make
+	// A limit of 200: small dirs are quick to make.
+	srv, mnt := mountServerT(t, Options{Lowers: lowers, Upper: upper, Work: work, plusMax: 200})
 	for _, c := range []struct {
 		dir      string
 		names    int

@@ -125,7 +125,7 @@ func (h *fileHandle) release() {
 	} else {
 		x.openCached--
 	}
-	if !n.isDir && !x.hasLowerRel && !x.indexed && x.nlinkGen == 0 && x.openPT == 0 && x.openCached == 0 && len(x.handles) == 0 && len(x.links) == 0 && x.kept == nil {
+	if !n.isDir && !x.hasLowerRel && !x.indexed && x.nlinkGen == 0 && x.openPT == 0 && x.openCached == 0 && len(x.handles) == 0 && x.kept == nil {
 		n.x = nil // it held only the open state (reading every file must not grow every node)
 	}
 	n.mu.Unlock()

@@ -1,7 +1,6 @@
 package fusefs
 
 import (
-	"errors"
 	"os"
 	"strconv"
 	"strings"
@@ -115,9 +114,6 @@ type nodeExtra struct {
 	// a writable view), which the kernel reads directly and cannot be
 	// pointed at a copy-up (see node.retire).
 	backingLower bool
-	// links are further names the kernel knows a hardlinked object by
-	// (tree.go).
-	links []link
 	// upperIno is the upper object's inode number where it differs
 	// from the view's (a copy-up records its origin; see isObject).
 	upperIno uint64
@@ -531,41 +527,6 @@ func (n *node) isObject(st *unix.Stat_t, l loc) bool {
 	n.more().upperIno = st.Ino
 	n.mu.Unlock()
 	return true
-}
-
-// maxMoveRetries bounds retryMoved under a stream of renames.
-const maxMoveRetries = 8
-
-// retryMoved makes call at n's location l, and again at n's location
-// now when it found no object there, or (st given, filled by call)
-// another object: an unlink, rmdir or rename in flight may have changed
-// the names on disk and not yet in the tree (see union.moveMu). The
-// kernel does not lock an object's ancestors for a request on it, so a
-// rename of a directory above may be half done. It returns the location
-// the last call was made at.
-func (n *node) retryMoved(l loc, st *unix.Stat_t, call func(loc) error) (loc, error) {
-	u := n.u
-	for tries := 0; ; tries++ {
-		moves := u.viewGen.Load()
-		err := call(l)
-		if !l.upper || l.fd != u.upper.fd || tries == maxMoveRetries {
-			return l, err
-		}
-		// ELOOP: an O_NOFOLLOW open found a symlink where n was.
-		missing := errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP)
-		if !missing && (err != nil || st == nil || n.isObject(st, l)) {
-			return l, err
-		}
-		u.settleMoves()
-		now, errno := n.where()
-		if errno != 0 {
-			return l, errno
-		}
-		if now == l && u.viewGen.Load() == moves {
-			return l, err // nothing moved: that is the answer
-		}
-		l = now
-	}
 }
 
 func (n *node) statfs(out *fuse.StatfsOut) syscall.Errno {

@@ -309,11 +309,14 @@ func (d *node) link(c *call, tn *node, name string, out *fuse.Attr) (*node, sysc
 		return nil, errno
 	}
 	tmp := u.tmpName()
-	lflags := 0
-	if l.fd == unix.AT_FDCWD {
-		lflags = unix.AT_SYMLINK_FOLLOW
-	}
-	if err := unix.Linkat(l.fd, l.rel, u.workFd, tmp, lflags); err != nil {
+	l, err := tn.retryMoved(l, nil, func(l loc) error {
+		lflags := 0
+		if l.fd == unix.AT_FDCWD {
+			lflags = unix.AT_SYMLINK_FOLLOW
+		}
+		return unix.Linkat(l.fd, l.rel, u.workFd, tmp, lflags)
+	})
+	if err != nil {
 		return nil, toErrno(err)
 	}
 	if err := u.place(s, tmp, false); err != nil {
@@ -458,10 +461,8 @@ func (u *union) removable(d *node, name string) (*found, syscall.Errno) {
 
 func (d *node) unlink(name string) syscall.Errno {
 	u := d.u
-	u.moveMu.RLock() // see union.moveMu
-	defer u.moveMu.RUnlock()
-	// Names of lower hardlink groups may go: recount them.
-	defer u.viewGen.Add(1)
+	u.beginMove(false) // moves.go; viewGen then recounts hardlink groups' names
+	defer u.endMove(false)
 	f, errno := u.removable(d, name)
 	if errno != 0 {
 		return errno
@@ -543,10 +544,9 @@ func (u *union) clearUpperDir(rel string) error {
 
 func (d *node) rmdir(name string) syscall.Errno {
 	u := d.u
-	u.moveMu.RLock()
-	defer u.moveMu.RUnlock()
-	// Names of lower hardlink groups may go: recount them.
-	defer u.viewGen.Add(1)
+	// An empty directory goes: no path below it changes.
+	u.beginMove(false) // moves.go
+	defer u.endMove(false)
 	f, errno := u.removable(d, name)
 	if errno != 0 {
 		return errno

@@ -114,6 +114,9 @@ type Options struct {
 	// kernelPermissions: mounted with default_permissions (set by
 	// withDefaults from kernelChecksPermissions).
 	kernelPermissions bool
+	// plusMax, where not 0, stands for plusMaxNames (dir.go): a knob
+	// for tests.
+	plusMax int
 }
 
 // OverflowID is shown for on-disk owners outside every IDMap range.

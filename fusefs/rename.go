@@ -16,10 +16,26 @@ import (
 // name gets a whiteout when the lowers still hold it.
 func (d *node) rename(name string, nd *node, newName string, flags uint32) syscall.Errno {
 	u := d.u
-	u.moveMu.RLock() // see union.moveMu
-	defer u.moveMu.RUnlock()
-	// Names of lower hardlink groups may go: recount them.
-	defer u.viewGen.Add(1)
+	// Only a directory's move changes other objects' paths, which needs
+	// the move to run alone (moves.go); whether one moves is known once
+	// the names are resolved, which needs a move begun.
+	var dirs bool
+	u.beginMove(false)
+	errno := d.renameMoving(name, nd, newName, flags, false, &dirs)
+	u.endMove(false)
+	if !dirs {
+		return errno
+	}
+	u.beginMove(true)
+	defer u.endMove(true)
+	return d.renameMoving(name, nd, newName, flags, true, &dirs)
+}
+
+// renameMoving is rename within a move begun. Where a directory is to
+// move and the move is not one of directories (dirsMove false), it
+// changes nothing and sets *dirs.
+func (d *node) renameMoving(name string, nd *node, newName string, flags uint32, dirsMove bool, dirs *bool) syscall.Errno {
+	u := d.u
 	if u.readOnly || u.upper == nil {
 		return syscall.EROFS
 	}
@@ -43,8 +59,12 @@ func (d *node) rename(name string, nd *node, newName string, flags uint32) sysca
 	if exchange && !dstExists {
 		return syscall.ENOENT
 	}
-	sn := d.childNode(name, src)
 	srcDir := src.st.Mode&unix.S_IFMT == unix.S_IFDIR
+	if !dirsMove && (srcDir || dstExists && dst.st.Mode&unix.S_IFMT == unix.S_IFDIR) {
+		*dirs = true
+		return 0
+	}
+	sn := d.childNode(name, src)
 	if srcDir || (exchange && dst.st.Mode&unix.S_IFMT == unix.S_IFDIR) {
 		// Directories move: the paths redirects show change.
 		defer u.forgetRedirects()

@@ -805,6 +805,9 @@ func TestOpsDuringAncestorRename(t *testing.T) {
 	lowers, upper, work := layerDirs(t, 1)
 	mnt := mountT(t, Options{Lowers: lowers, Upper: upper, Work: work})
 	mustWrite(t, filepath.Join(mnt, "a/b/f"), "f")
+	if err := os.Mkdir(filepath.Join(mnt, "links"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.Symlink("target", filepath.Join(mnt, "a/b/l")); err != nil {
 		t.Fatal(err)
 	}
@@ -822,6 +825,11 @@ func TestOpsDuringAncestorRename(t *testing.T) {
 	if err := unix.Fsetxattr(fd, "user.k", []byte("v"), 0); err != nil {
 		t.Fatal(err)
 	}
+	dfd, err := unix.Open(filepath.Join(mnt, "a/b"), unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(dfd)
 
 	stop := make(chan struct{})
 	renamed := make(chan error, 1)
@@ -855,6 +863,53 @@ func TestOpsDuringAncestorRename(t *testing.T) {
 			return unix.Fsetxattr(fd, "user.k", []byte("v"), 0)
 		}},
 		{"readlink", func(int) error { _, err := unix.Readlinkat(lfd, "", make([]byte, 16)); return err }},
+		// linkat of a /proc link sends a LINK of the object, no lookup.
+		{"link", func(i int) error {
+			// Not in the renamed directory's parent, which the
+			// kernel locks for the rename.
+			dst := filepath.Join(mnt, "links", fmt.Sprint(i%4))
+			os.Remove(dst)
+			return unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", fd), unix.AT_FDCWD, dst, unix.AT_SYMLINK_FOLLOW)
+		}},
+		// Names in b, through a descriptor of b: requests on b.
+		{"create, unlink", func(int) error {
+			c, err := unix.Openat(dfd, "c", unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
+			if err != nil {
+				return err
+			}
+			unix.Close(c)
+			return unix.Unlinkat(dfd, "c", 0)
+		}},
+		{"mkdir, rmdir", func(int) error {
+			if err := unix.Mkdirat(dfd, "d", 0o755); err != nil {
+				return fmt.Errorf("mkdir: %w", err)
+			}
+			if err := unix.Unlinkat(dfd, "d", unix.AT_REMOVEDIR); err != nil {
+				return fmt.Errorf("rmdir: %w", err)
+			}
+			return nil
+		}},
+		{"symlink, rename", func(int) error {
+			if err := unix.Symlinkat("x", dfd, "s"); err != nil {
+				return fmt.Errorf("symlink: %w", err)
+			}
+			if err := unix.Renameat(dfd, "s", dfd, "s2"); err != nil {
+				return fmt.Errorf("rename: %w", err)
+			}
+			if err := unix.Unlinkat(dfd, "s2", 0); err != nil {
+				return fmt.Errorf("unlink: %w", err)
+			}
+			return nil
+		}},
+		{"mknod", func(int) error {
+			if err := unix.Mknodat(dfd, "p", unix.S_IFIFO|0o644, 0); err != nil {
+				return fmt.Errorf("mknod: %w", err)
+			}
+			if err := unix.Unlinkat(dfd, "p", 0); err != nil {
+				return fmt.Errorf("unlink: %w", err)
+			}
+			return nil
+		}},
 		// Reopening through /proc sends an OPEN with no lookup.
 		{"reopen", func(int) error {
 			g, err := os.Open(fmt.Sprintf("/proc/self/fd/%d", fd))

@@ -19,7 +19,9 @@ import (
 //     reused while the old object's node lives) gets a synthetic ID.
 //   - A node names its parent directory node and its name there; paths are
 //     built by following parents to the root. A hardlinked object the
-//     kernel knows under several names keeps the others in nodeExtra.
+//     kernel knows under several names has the others in tree.links
+//     (there, not in the node, because tree.mu guards them: see Lock
+//     order).
 //   - The kernel counts its references (lookups); FORGET returns them. A
 //     node leaves the table when the kernel holds none and no known name
 //     of another node is under it (as in go-fuse, a directory stays while
@@ -40,13 +42,16 @@ type tree struct {
 	synth  map[*node]uint64
 	nextID uint64
 	root   *node
+	// links holds the further names of the nodes known by more than
+	// one.
+	links map[*node][]link
 }
 
 // syntheticIDBit marks node IDs that are not inode numbers.
 const syntheticIDBit = 1 << 63
 
 func newTree(root *node) *tree {
-	t := &tree{byID: map[uint64]*node{}, byIno: map[uint64]*node{}, synth: map[*node]uint64{}, nextID: syntheticIDBit, root: root}
+	t := &tree{byID: map[uint64]*node{}, byIno: map[uint64]*node{}, synth: map[*node]uint64{}, nextID: syntheticIDBit, root: root, links: map[*node][]link{}}
 	root.registered = true
 	root.lookups = 1 // the kernel's reference to the root is never returned
 	t.byID[fuse.FUSE_ROOT_ID] = root
@@ -187,13 +192,12 @@ func (t *tree) nameLocked(n *node, parent *node, name string, released *[]*node)
 		}
 		return
 	}
-	x := n.more()
-	for _, l := range x.links {
+	for _, l := range t.links[n] {
 		if l.parent == parent && l.name == name {
 			return
 		}
 	}
-	x.links = append(x.links, link{parent, name})
+	t.links[n] = append(t.links[n], link{parent, name})
 	parent.kids++
 }
 
@@ -203,20 +207,18 @@ func (t *tree) unnameLocked(n *node, parent *node, name string, released *[]*nod
 	if n.parent == parent && n.name == name {
 		parent.kids--
 		n.parent, n.name = nil, ""
-		if n.x != nil && len(n.x.links) > 0 {
-			l := n.x.links[len(n.x.links)-1]
-			n.x.links = n.x.links[:len(n.x.links)-1]
+		if links := t.links[n]; len(links) > 0 {
+			l := links[len(links)-1]
+			t.setLinksLocked(n, links[:len(links)-1])
 			n.parent, n.name = l.parent, l.name // its count moves along
 		}
 		t.releaseLocked(parent, released)
 		return true
 	}
-	if n.x == nil {
-		return false
-	}
-	for i, l := range n.x.links {
+	links := t.links[n]
+	for i, l := range links {
 		if l.parent == parent && l.name == name {
-			n.x.links = append(n.x.links[:i], n.x.links[i+1:]...)
+			t.setLinksLocked(n, append(links[:i], links[i+1:]...))
 			parent.kids--
 			t.releaseLocked(parent, released)
 			return true
@@ -307,12 +309,10 @@ func (t *tree) releaseLocked(n *node, released *[]*node) {
 		}
 		*released = append(*released, n)
 		var parents []*node
-		if n.x != nil {
-			for _, l := range n.x.links {
-				parents = append(parents, l.parent)
-			}
-			n.x.links = nil
+		for _, l := range t.links[n] {
+			parents = append(parents, l.parent)
 		}
+		delete(t.links, n)
 		p := n.parent
 		if p != nil {
 			p.kids--
@@ -347,6 +347,15 @@ func (t *tree) count() int {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	return len(t.byID)
+}
+
+// setLinksLocked records links as n's further names.
+func (t *tree) setLinksLocked(n *node, links []link) {
+	if len(links) == 0 {
+		delete(t.links, n)
+	} else {
+		t.links[n] = links
+	}
 }
 
 // link is a further name of a hardlinked object.

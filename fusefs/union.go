@@ -1,6 +1,7 @@
 package fusefs
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
 	"os"
@@ -40,9 +41,8 @@ type union struct {
 	rootDirs       []lowerDir // the lowers merged at the root
 	root           *node      // set by Mount; for finding looked-up nodes by path
 	// viewGen moves on every change that may hide or uncover names
-	// (each unlink, rmdir and rename adds one before it releases
-	// moveMu), so per-node counts of visible names know when to
-	// recount, and retryMoved whether a path may have moved.
+	// (each unlink, rmdir and rename, see moves.go), so per-node counts
+	// of visible names know when to recount.
 	viewGen atomic.Uint64
 	// redirects: see redirectViews.
 	redirectMu     sync.Mutex
@@ -69,15 +69,10 @@ type union struct {
 	// noBacking: the kernel refused a passthrough backing file once, so
 	// it is not asked again.
 	noBacking atomic.Bool
-	// plusMax is plusMaxNames (dir.go), a field for tests.
+	// plusMax is plusMaxNames (dir.go), or Options.plusMax.
 	plusMax int
-	// moveMu orders path lookups after name changes. An unlink, rmdir
-	// or rename changes the names on disk first and the tree (the
-	// paths the union computes) after; it holds moveMu shared
-	// throughout. An operation whose path came up missing may have
-	// raced one: settleMoves waits for those in flight, after which
-	// the tree matches the disk again.
-	moveMu sync.RWMutex
+	// moves orders requests around name changes (moves.go).
+	moves moves
 	// owners: the special-owners tables (ownertable.go).
 	owners specialOwners
 	// acl: POSIX ACL semantics (acl.go); procUmask is the daemon's
@@ -90,7 +85,8 @@ func newUnion(o Options) (*union, error) {
 	u := &union{opts: o, log: o.Logger, ns: o.XattrNamespace, readOnly: o.readOnlyView(), workFd: -1}
 	u.indexes.max = maxIndexBytes
 	u.listings.max = maxListingBytes
-	u.plusMax = plusMaxNames
+	u.plusMax = cmp.Or(o.plusMax, plusMaxNames)
+	u.moves.ended.L = &u.moves.count
 	u.procUmask = processUmask()
 	u.pid, u.euid, u.egid = os.Getpid(), os.Geteuid(), os.Getegid()
 	u.uids = idMapper{m: o.UIDMap, squash: o.SquashUID}
@@ -177,14 +173,6 @@ func (u *union) close() {
 		unix.Close(u.workFd)
 	}
 	u.owners.close()
-}
-
-// settleMoves waits until no unlink, rmdir or rename is half done (see
-// moveMu) and reports true: the caller looks its path up again.
-func (u *union) settleMoves() bool {
-	u.moveMu.Lock()
-	u.moveMu.Unlock()
-	return true
 }
 
 func (u *union) tmpName() string {

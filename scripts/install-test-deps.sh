@@ -7,10 +7,12 @@ for pair in tar:tar gzip:gzip zstd:zstd xz:xz-utils bzip2:bzip2 setfattr:attr ge
             setfacl:acl getfacl:acl \
             fusermount3:fuse3 fuse-overlayfs:fuse-overlayfs umoci:umoci skopeo:skopeo \
             newuidmap:uidmap newgidmap:uidmap unshare:util-linux setpriv:util-linux \
-            podman:podman crun:crun busybox:busybox-static; do
+            podman:podman crun:crun busybox:busybox-static gcc:gcc; do
 	cmd=${pair%%:*} pkg=${pair#*:}
 	command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
+# The race detector builds with cgo: a C compiler and libc's headers.
+[ -e /usr/include/stdio.h ] || need+=(libc6-dev)
 # Plain users' mounts (the e2e suite runs some as uid 65534) need
 # /dev/fuse open to everybody, as every distribution ships it; some
 # machines (this CI's among them) come with 0600.
