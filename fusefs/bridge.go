@@ -70,6 +70,8 @@ func (r *rawFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, ou
 	if !st.Ok() {
 		return st
 	}
+	r.u.holdNames() // moves.go
+	defer r.u.releaseNames()
 	switch name {
 	case ".":
 		// Sent to revive a dentry by node ID (NFS export).
@@ -94,10 +96,7 @@ func (r *rawFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, ou
 		p.entryOut(out)
 		return fuse.OK
 	}
-	errno := r.u.retryInDir(func() (errno syscall.Errno) { // moves.go
-		_, errno = d.lookup(name, out)
-		return errno
-	})
+	_, errno := d.lookup(name, out)
 	if errno == syscall.ENOENT {
 		// A negative entry: the kernel remembers the name is free.
 		*out = fuse.EntryOut{}
@@ -114,6 +113,8 @@ func (r *rawFS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.At
 	if !st.Ok() {
 		return st
 	}
+	r.u.holdNames()
+	defer r.u.releaseNames()
 	var fh *fileHandle
 	if in.Flags()&fuse.FUSE_GETATTR_FH != 0 {
 		fh = r.files.get(in.Fh())
@@ -130,6 +131,8 @@ func (r *rawFS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.At
 	if !st.Ok() {
 		return st
 	}
+	r.u.holdNames()
+	defer r.u.releaseNames()
 	var fh *fileHandle
 	if id, ok := in.GetFh(); ok {
 		fh = r.files.get(id)
@@ -151,7 +154,7 @@ func (r *rawFS) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out
 	if !st.Ok() {
 		return st
 	}
-	r.u.holdNames() // moves.go
+	r.u.holdNames()
 	defer r.u.releaseNames()
 	n, errno := d.mknod(r.callMasked(&in.InHeader, in.Umask), name, in.Mode, in.Rdev, &out.Attr)
 	return entry(n, errno, out)
@@ -227,6 +230,8 @@ func (r *rawFS) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte, fuse
 	if !st.Ok() {
 		return nil, st
 	}
+	r.u.holdNames()
+	defer r.u.releaseNames()
 	b, errno := n.readlink()
 	return b, status(errno)
 }
@@ -236,6 +241,8 @@ func (r *rawFS) Access(cancel <-chan struct{}, in *fuse.AccessIn) fuse.Status {
 	if !st.Ok() {
 		return st
 	}
+	r.u.holdNames()
+	defer r.u.releaseNames()
 	return status(n.access(in.Mask)) // permissions.go
 }
 
@@ -244,6 +251,8 @@ func (r *rawFS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, 
 	if !st.Ok() {
 		return 0, st
 	}
+	r.u.holdNames()
+	defer r.u.releaseNames()
 	sz, errno := n.getxattr(attr, dest)
 	return sz, status(errno)
 }
@@ -253,6 +262,8 @@ func (r *rawFS) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte)
 	if !st.Ok() {
 		return 0, st
 	}
+	r.u.holdNames()
+	defer r.u.releaseNames()
 	sz, errno := n.listxattr(dest)
 	return sz, status(errno)
 }
@@ -262,6 +273,8 @@ func (r *rawFS) SetXAttr(cancel <-chan struct{}, in *fuse.SetXAttrIn, attr strin
 	if !st.Ok() {
 		return st
 	}
+	r.u.holdNames()
+	defer r.u.releaseNames()
 	return status(n.setxattr(attr, data, in.Flags))
 }
 
@@ -270,6 +283,8 @@ func (r *rawFS) RemoveXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr strin
 	if !st.Ok() {
 		return st
 	}
+	r.u.holdNames()
+	defer r.u.releaseNames()
 	return status(n.removexattr(attr))
 }
 
@@ -306,6 +321,9 @@ func (r *rawFS) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.Cre
 // created answers a CREATE or TMPFILE: the new node's entry and its handle.
 func (r *rawFS) created(n *node, fh *fileHandle, errno syscall.Errno, out *fuse.CreateOut) fuse.Status {
 	if errno != 0 {
+		if n != nil {
+			r.u.tree.release(n, 1) // made, but no handle: the kernel gets neither
+		}
 		return status(errno)
 	}
 	n.entryOut(&out.EntryOut)
@@ -318,6 +336,8 @@ func (r *rawFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut)
 	if !st.Ok() {
 		return st
 	}
+	r.u.holdNames()
+	defer r.u.releaseNames()
 	fh, errno := n.open(in.Flags)
 	if errno != 0 {
 		return status(errno)
@@ -457,7 +477,9 @@ func (r *rawFS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEn
 	if !st.Ok() {
 		return st
 	}
-	return status(r.u.retryInDir(func() syscall.Errno { return d.readdir(in.Offset, out, false) }))
+	r.u.holdNames()
+	defer r.u.releaseNames()
+	return status(d.readdir(in.Offset, out, false))
 }
 
 func (r *rawFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
@@ -465,7 +487,9 @@ func (r *rawFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.D
 	if !st.Ok() {
 		return st
 	}
-	return status(r.u.retryInDir(func() syscall.Errno { return d.readdir(in.Offset, out, true) }))
+	r.u.holdNames()
+	defer r.u.releaseNames()
+	return status(d.readdir(in.Offset, out, true))
 }
 
 func (r *rawFS) ReleaseDir(in *fuse.ReleaseIn) {}
@@ -475,6 +499,8 @@ func (r *rawFS) FsyncDir(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
 	if !st.Ok() {
 		return st
 	}
+	r.u.holdNames()
+	defer r.u.releaseNames()
 	return status(d.fsyncdir())
 }
 

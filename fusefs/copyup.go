@@ -140,6 +140,11 @@ func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (creat
 	if err := src.lstat(lowerRel, &st); err != nil {
 		return nil, toErrno(err)
 	}
+	if skipData && unix.Faccessat(src.fd, lowerRel, unix.W_OK, unix.AT_EACCESS) != nil {
+		// The truncate that asked for no data would then fail on the
+		// copy (same owner and mode) and leave it empty: copy it all.
+		skipData = false
+	}
 	idx := u.indexRelFor(n.ino)
 	var others []string // the group's other visible names, linked to the copy
 	indexed := false
@@ -186,6 +191,16 @@ func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (creat
 		err = u.copyMeta(fileRef{fd: c.in}, fileRef{fd: c.out}, &st, n.ino)
 	} else {
 		err = u.copyMeta(pathRef(src.path(lowerRel)), pathRef(tmpPath), &st, n.ino)
+	}
+	// The copy's inode number, for isObject: a symlink has no origin
+	// record where only user.* xattrs are allowed.
+	var cst unix.Stat_t
+	if err == nil {
+		if c.out >= 0 {
+			err = unix.Fstat(c.out, &cst)
+		} else {
+			err = unix.Fstatat(u.workFd, tmp, &cst, unix.AT_SYMLINK_NOFOLLOW)
+		}
 	}
 	if err != nil {
 		unix.Unlinkat(u.workFd, tmp, 0)
@@ -247,6 +262,9 @@ func (u *union) copyUpFile(n *node, pn *node, name string, skipData bool) (creat
 		return created, toErrno(err)
 	}
 	n.hasUpper = true
+	if u.inos.ino(cst.Dev, cst.Ino) != n.ino {
+		n.more().upperIno = cst.Ino
+	}
 	if kernelFh != nil {
 		u.linkKernelIndex(idx, kernelFh)
 	}

@@ -2,11 +2,14 @@ package fusefs
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/internal/testutil"
 )
 
 // TestCreatePaths checks both ways of making an object (straight in the
@@ -36,7 +39,7 @@ func TestCreatePaths(t *testing.T) {
 	tests := []struct {
 		name       string
 		uid        uint32
-		cmd        []string // run as uid:uid in the view
+		cmd        []string // run as uid:uid in the view (this binary: a helper job, see runHelper)
 		path       string
 		wantUID    uint32
 		wantGID    uint32
@@ -51,10 +54,17 @@ func TestCreatePaths(t *testing.T) {
 		{"other user file in setgid dir", 1234, []string{"touch", "sgid/b"}, "sgid/b", 1234, 4321, false},
 		{"other user dir in setgid dir", 1234, []string{"mkdir", "sgid/e"}, "sgid/e", 1234, 4321, true},
 		{"root file over a whiteout", 0, []string{"touch", "open/gone"}, "open/gone", 0, 0, false},
+		{"other user O_TMPFILE, linked in", 1234, []string{"tmpfile-link", "open", "t"}, "open/t", 1234, 1234, false},
+		{"other user O_TMPFILE in setgid dir", 1234, []string{"tmpfile-link", "sgid", "t"}, "sgid/t", 1234, 4321, false},
 	}
+	helper := testutil.SharedTestBinary(t)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			cmd := commandIn(mnt, tc.cmd[0], tc.cmd[1:]...)
+			if !isProgram(tc.cmd[0]) {
+				cmd = commandIn(mnt, helper, tc.cmd[1:]...)
+				cmd.Env = append(os.Environ(), helperEnv+"="+tc.cmd[0])
+			}
 			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: tc.uid, Gid: tc.uid, Groups: []uint32{}}}
 			if out, err := cmd.CombinedOutput(); err != nil {
 				t.Fatalf("%v as %d: %v\n%s", tc.cmd, tc.uid, err, out)
@@ -83,4 +93,10 @@ func TestCreatePaths(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(mnt, "open", "gone")); err != nil || len(b) != 0 {
 		t.Errorf("file made over a whiteout reads %q, %v; want it empty", b, err)
 	}
+}
+
+// isProgram reports whether name is a program on PATH (else a helper job).
+func isProgram(name string) bool {
+	_, err := exec.LookPath(name)
+	return err == nil
 }

@@ -224,6 +224,31 @@ func (n *node) forgotten() {
 	}
 }
 
+// keptLocked returns the descriptor that reaches n's upper object when no
+// name does, or -1: x.kept, made from an open handle's descriptor if need
+// be. Not the handle's own: a release may close it while a request uses
+// its /proc path, and the number go to another file; kept lives until the
+// kernel forgets n, after its last request.
+func (n *node) keptLocked() int {
+	x := n.x
+	if x == nil {
+		return -1
+	}
+	if x.kept == nil {
+		for fd := range x.handles {
+			kfd, err := unix.Open(procFd(fd, true).path(), unix.O_PATH|unix.O_CLOEXEC, 0)
+			if err == nil {
+				x.kept = os.NewFile(uintptr(kfd), "kept")
+				break
+			}
+		}
+	}
+	if x.kept == nil {
+		return -1
+	}
+	return int(x.kept.Fd())
+}
+
 // loc is where an object's data and attributes live on disk.
 type loc struct {
 	fd    int
@@ -286,13 +311,8 @@ func (n *node) whereLocked() (loc, syscall.Errno) {
 	case n.hasUpper:
 		rel, ok := n.upperRel()
 		if !ok {
-			if n.x != nil {
-				for fd := range n.x.handles {
-					return procFd(fd, true), 0
-				}
-				if n.x.kept != nil {
-					return procFd(int(n.x.kept.Fd()), true), 0
-				}
+			if fd := n.keptLocked(); fd >= 0 {
+				return procFd(fd, true), 0
 			}
 			return loc{}, syscall.ENOENT
 		}

@@ -33,13 +33,14 @@ func (u *union) setNewOwner(c *call, parentSt *unix.Stat_t, path string, mode ui
 	if parentSt.Mode&unix.S_ISGID != 0 {
 		gid = int(parentSt.Gid)
 	}
-	if err := unix.Fchownat(unix.AT_FDCWD, path, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) {
+	f := pathRef(path) // a /proc link for an O_TMPFILE: see fileRef
+	if err := f.chown(uid, gid); err != nil && !errors.Is(err, unix.EINVAL) {
 		return err
 	}
 	if !isLink && mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
 		var st unix.Stat_t
-		if err := unix.Lstat(path, &st); err == nil && st.Mode&07777 != mode&07777 {
-			return unix.Fchmodat(unix.AT_FDCWD, path, mode&07777, 0)
+		if err := f.lstat(&st); err == nil && st.Mode&07777 != mode&07777 {
+			return f.chmod(mode & 07777)
 		}
 	}
 	return nil
@@ -395,6 +396,12 @@ func (u *union) makeWhiteout(rel string) error {
 	} else if !errors.Is(err, unix.EPERM) {
 		return err
 	}
+	return u.makeWhFile(rel)
+}
+
+// makeWhFile puts a .wh.NAME file next to rel. An object at rel hides it
+// (it shows only once the object goes), so it may come first.
+func (u *union) makeWhFile(rel string) error {
 	dir, name := splitRel(rel)
 	u.whFilesWritten.Store(true) // before the file exists: lookups must look for it
 	fd, err := unix.Openat(u.upper.fd, join(dir, whiteout.Prefix+name), unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o600)
@@ -404,21 +411,31 @@ func (u *union) makeWhiteout(rel string) error {
 	return unix.Close(fd)
 }
 
+// dropWhFile removes the .wh.NAME file next to rel.
+func (u *union) dropWhFile(rel string) {
+	dir, name := splitRel(rel)
+	unix.Unlinkat(u.upper.fd, join(dir, whiteout.Prefix+name), 0)
+}
+
 // replaceWithWhiteout atomically turns the upper object at rel into a
 // whiteout (a non-dir is replaced by rename; a dir is exchanged and then
 // removed from the work dir).
 func (u *union) replaceWithWhiteout(rel string, isDir bool) error {
 	tmp := u.tmpName()
 	if err := unix.Mknodat(u.workFd, tmp, unix.S_IFCHR, 0); err != nil {
-		// No mknod: remove, then mark with a .wh. file.
+		// No mknod: a .wh. file, then the object goes.
+		if err := u.makeWhFile(rel); err != nil {
+			return err
+		}
 		flags := 0
 		if isDir {
 			flags = unix.AT_REMOVEDIR
 		}
 		if err := unix.Unlinkat(u.upper.fd, rel, flags); err != nil {
+			u.dropWhFile(rel)
 			return err
 		}
-		return u.makeWhiteout(rel)
+		return nil
 	}
 	if isDir {
 		if err := unix.Renameat2(u.workFd, tmp, u.upper.fd, rel, unix.RENAME_EXCHANGE); err != nil {
@@ -598,12 +615,14 @@ func (n *node) keep(rel string) {
 		return
 	}
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	x := n.more()
 	if x.kept != nil {
-		x.kept.Close()
+		// The same object, and a request may be using this one.
+		unix.Close(fd)
+		return
 	}
 	x.kept = os.NewFile(uintptr(fd), rel)
-	n.mu.Unlock()
 }
 
 func (n *node) setattr(c *call, hf *fileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
@@ -870,12 +889,19 @@ func (d *node) tmpfile(c *call, flags uint32, mode uint32, out *fuse.Attr) (*nod
 		return nil, nil, toErrno(err)
 	}
 	var pst, st unix.Stat_t
-	u.upper.lstat(drel, &pst)
-	path := "/proc/self/fd/" + strconv.Itoa(fd)
-	u.setNewOwner(c, &pst, path, obj.mode, false)
-	u.applyNewObject(path, fd, obj)
-	if err := unix.Fstat(fd, &st); err != nil {
-		unix.Close(fd)
+	path := procFd(fd, true).path()
+	err = u.upper.lstat(drel, &pst)
+	if err == nil {
+		err = u.setNewOwner(c, &pst, path, obj.mode, false)
+	}
+	if err == nil {
+		err = u.applyNewObject(path, fd, obj)
+	}
+	if err == nil {
+		err = unix.Fstat(fd, &st)
+	}
+	if err != nil {
+		unix.Close(fd) // nameless: it goes with its descriptor
 		return nil, nil, toErrno(err)
 	}
 	f := &found{st: st, upper: true, lowerLayer: -1}

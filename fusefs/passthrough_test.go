@@ -210,6 +210,25 @@ func runHelper(job string, args []string) int {
 		}
 		unix.Munmap(m)
 		return 0
+	case "tmpfile-link":
+		// args: dir, name: make a file with O_TMPFILE in dir, then
+		// link it in as dir/name.
+		if len(args) != 2 {
+			return fail("want dir, name")
+		}
+		fd, err := unix.Open(args[0], unix.O_TMPFILE|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
+		if err != nil {
+			return fail("O_TMPFILE: %v", err)
+		}
+		defer unix.Close(fd)
+		if _, err := unix.Write(fd, []byte("x")); err != nil {
+			return fail("write: %v", err)
+		}
+		proc := fmt.Sprintf("/proc/self/fd/%d", fd)
+		if err := unix.Linkat(unix.AT_FDCWD, proc, unix.AT_FDCWD, filepath.Join(args[0], args[1]), unix.AT_SYMLINK_FOLLOW); err != nil {
+			return fail("linkat: %v", err)
+		}
+		return 0
 	}
 	return fail("unknown job")
 }

@@ -144,14 +144,8 @@ func (d *node) renameMoving(name string, nd *node, newName string, flags uint32,
 		}
 	}
 	if srcLowerHas {
-		err := unix.Renameat2(u.upper.fd, srel, u.upper.fd, drel, unix.RENAME_WHITEOUT)
-		if err == unix.EINVAL || err == unix.EPERM {
-			if err = unix.Renameat(u.upper.fd, srel, u.upper.fd, drel); err == nil {
-				err = u.makeWhiteout(srel)
-			}
-		}
-		if err != nil {
-			return toErrno(err)
+		if errno := u.renameWhiteout(srel, drel); errno != 0 {
+			return errno
 		}
 	} else if err := unix.Renameat(u.upper.fd, srel, u.upper.fd, drel); err != nil {
 		return toErrno(err)
@@ -167,6 +161,41 @@ func (d *node) renameMoving(name string, nd *node, newName string, flags uint32,
 		u.tree.removeName(dn, nd, newName, dst.st.Nlink <= 1 || dst.st.Mode&unix.S_IFMT == unix.S_IFDIR)
 	}
 	u.tree.move(sn, d, name, nd, newName)
+	return 0
+}
+
+// renameWhiteout renames srel to drel in the upper and leaves a whiteout
+// at srel, at once (RENAME_WHITEOUT) where the file system can. Else the
+// whiteout is made first (in the work dir, or as a .wh. file, which the
+// object hides until it goes), so that a failure changes nothing.
+func (u *union) renameWhiteout(srel, drel string) syscall.Errno {
+	err := unix.Renameat2(u.upper.fd, srel, u.upper.fd, drel, unix.RENAME_WHITEOUT)
+	if err != unix.EINVAL && err != unix.EPERM {
+		return toErrno(err)
+	}
+	tmp := u.tmpName()
+	if err := unix.Mknodat(u.workFd, tmp, unix.S_IFCHR, 0); err != nil {
+		tmp = ""
+		if err := u.makeWhFile(srel); err != nil {
+			return toErrno(err)
+		}
+	}
+	if err := unix.Renameat(u.upper.fd, srel, u.upper.fd, drel); err != nil {
+		if tmp != "" {
+			unix.Unlinkat(u.workFd, tmp, 0)
+		} else {
+			u.dropWhFile(srel)
+		}
+		return toErrno(err)
+	}
+	if tmp != "" {
+		if err := unix.Renameat2(u.workFd, tmp, u.upper.fd, srel, unix.RENAME_NOREPLACE); err != nil {
+			// Renamed already: say so rather than fail a rename
+			// that happened.
+			unix.Unlinkat(u.workFd, tmp, 0)
+			u.log.Warn("rename: no whiteout left at the old name; the lower object shows there again", "path", srel, "err", err)
+		}
+	}
 	return 0
 }
 

@@ -803,6 +803,10 @@ func TestCrossDeviceLayers(t *testing.T) {
 // path for the file may be mid-change when it arrives.
 func TestOpsDuringAncestorRename(t *testing.T) {
 	lowers, upper, work := layerDirs(t, 1)
+	const lowerFiles = 1000 // copied up one by one, through a descriptor of b
+	for i := range lowerFiles {
+		mustWrite(t, filepath.Join(lowers[0], "a/b", fmt.Sprint("lf", i)), "lower")
+	}
 	mnt := mountT(t, Options{Lowers: lowers, Upper: upper, Work: work})
 	mustWrite(t, filepath.Join(mnt, "a/b/f"), "f")
 	if err := os.Mkdir(filepath.Join(mnt, "links"), 0o755); err != nil {
@@ -910,6 +914,18 @@ func TestOpsDuringAncestorRename(t *testing.T) {
 			}
 			return nil
 		}},
+		{"copy-up", func(i int) error {
+			if i >= lowerFiles {
+				return nil
+			}
+			c, err := unix.Openat(dfd, fmt.Sprint("lf", i), unix.O_WRONLY|unix.O_APPEND|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(c)
+			_, err = unix.Write(c, []byte("+"))
+			return err
+		}},
 		// Reopening through /proc sends an OPEN with no lookup.
 		{"reopen", func(int) error {
 			g, err := os.Open(fmt.Sprintf("/proc/self/fd/%d", fd))
@@ -934,6 +950,22 @@ func TestOpsDuringAncestorRename(t *testing.T) {
 	}
 	for name, err := range failures {
 		t.Errorf("%s while an ancestor is renamed: %v", name, err)
+	}
+	// Every copy landed where the directory is now, none elsewhere.
+	b := filepath.Join(mnt, "a/b")
+	if _, err := os.Stat(b); err != nil {
+		b = filepath.Join(mnt, "z/b")
+	}
+	for i := range lowerFiles {
+		got, err := os.ReadFile(filepath.Join(b, fmt.Sprint("lf", i)))
+		if err != nil || string(got) != "lower+" && string(got) != "lower" {
+			t.Fatalf("lf%d after its copy-up: %q, %v", i, got, err)
+		}
+	}
+	if ents, _ := os.ReadDir(filepath.Join(upper, "a")); len(ents) > 0 {
+		if ents2, _ := os.ReadDir(filepath.Join(upper, "z")); len(ents2) > 0 {
+			t.Errorf("both a and z hold entries in the upper")
+		}
 	}
 }
 

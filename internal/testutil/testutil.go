@@ -6,6 +6,7 @@ package testutil
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 )
 
@@ -87,4 +88,24 @@ func NeedTool(t testing.TB, name string) string {
 	p, err := exec.LookPath(name)
 	Need(t, err == nil, name+" is not installed (make test installs it)")
 	return p
+}
+
+// SharedTestBinary copies the running test binary where every user may
+// run it (go test builds it in a directory only its user reaches): for
+// helper processes run as other users.
+func SharedTestBinary(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(dir, filepath.Base(os.Args[0]))
+	if err := os.WriteFile(exe, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return exe
 }

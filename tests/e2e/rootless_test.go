@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -244,5 +245,40 @@ func TestRootlessErrorsExplained(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestPlainUserCannotEmptyAReadOnlyFile: a plain user's union has no
+// default_permissions, so the daemon's own rights decide. Truncating a
+// read-only file of the user's must fail and leave its data: the copy-up
+// for a truncate to 0 copies no data, and that empty copy must not stay
+// when the truncate then fails.
+func TestPlainUserCannotEmptyAReadOnlyFile(t *testing.T) {
+	u := newPlainUser(t)
+	lower, upper, work, mnt := u.dir("lower"), u.dir("upper"), u.dir("work"), u.dir("mnt")
+	// One file per try: a failed try leaves a full copy-up behind.
+	u.sh(`for f in ro0 ro1 ro2; do printf data > lower/$f && chmod 0444 lower/$f; done; printf data > lower/rw`)
+	unmountOnCleanup(t, mnt)
+	if r := u.run(overlayBinary(), "-o", "lowerdir="+lower+",upperdir="+upper+",workdir="+work, mnt); r.err != nil {
+		t.Fatalf("layerfs-overlay as uid %d: %v\n%s", u.uid(), r.err, r.stderr)
+	}
+	helper := testutil.SharedTestBinary(t)
+	for i, try := range []string{
+		`"$HELPER" "$F" 0`, // truncate(2) by path
+		`: > "$F"`,         // open with O_TRUNC
+		`truncate -s 0 "$F"`,
+	} {
+		f := fmt.Sprintf("mnt/ro%d", i)
+		cmd := u.command("sh", "-c", try)
+		cmd.Env = append(cmd.Env, "HELPER="+helper, helperEnv+"=truncate", "F="+f)
+		if out, err := cmd.CombinedOutput(); err == nil {
+			t.Errorf("%s on a 0444 file of the user's succeeded: %s", try, out)
+		}
+		if got := u.sh(`cat ` + f); got != "data" {
+			t.Errorf("after %s: the read-only file reads %q, want %q", try, got, "data")
+		}
+	}
+	if got := u.sh(`: > mnt/rw && cat mnt/rw`); got != "" {
+		t.Errorf("a writable file after : > reads %q, want it empty", got)
 	}
 }
