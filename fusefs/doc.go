@@ -228,12 +228,23 @@
 // which the kernel looks the path up again and opens the object's new
 // node (file.go, node.retire). A read-only descriptor read through the
 // daemon switches to the copy when one is made, as overlayfs's do. Requests are
-// served in parallel: state is per node, under per-node locks. The
-// daemons run with more Ps than go-fuse has readers (TuneScheduler), so
-// readers blocked in read(2) keep theirs and Go's sysmon stays quiet.
+// served in parallel: state is per node, under per-node locks. Paths come
+// from the tree, so a rename of a directory runs alone: every other
+// request that computes paths holds a shared lock meanwhile (moves.go).
+// The daemons run with more Ps than go-fuse has readers (TuneScheduler),
+// so readers blocked in read(2) keep theirs and Go's sysmon stays quiet.
 //
 // # Known limits
 //
+//   - A rename of a directory waits for the requests in flight that
+//     compute paths, and the requests that come meanwhile wait for it:
+//     behind a copy-up of a big file (an open for write of a lower file)
+//     a directory rename, and everything after it, waits for the copy.
+//     Kernel overlayfs holds only the directories involved;
+//     fuse-overlayfs, threaded, holds one lock for every request.
+//   - An rmdir of an upper directory that hides lower entries removes
+//     its whiteouts before it puts a whiteout in its place; should that
+//     last step fail, the directory stays, with the lower entries shown.
 //   - Names of a lower hardlink group that the union copies up through
 //     its index (see "What the union writes": names in other layers)
 //     and that were never changed, linked or renamed through the union
