@@ -54,7 +54,7 @@ e2e: build
 fuzz:
 	GO=$(GO) FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
 
-bench: build
+bench: build deps
 	$(GO) run ./tests/bench -out docs/BENCHMARKS.md
 
 lint:

@@ -23,13 +23,21 @@ type rawEntry struct {
 
 // readLayerDir lists a directory of one layer with getdents.
 func readLayerDir(l *layer, rel string) ([]rawEntry, error) {
-	fd, err := unix.Openat(l.fd, rel, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	fd, err := openLayerDir(l, rel)
 	if err != nil {
 		return nil, err
 	}
 	defer unix.Close(fd)
+	return readDirents(fd, make([]byte, 32*1024))
+}
+
+func openLayerDir(l *layer, rel string) (int, error) {
+	return unix.Openat(l.fd, rel, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+}
+
+// readDirents lists open directory fd, reading through buf.
+func readDirents(fd int, buf []byte) ([]rawEntry, error) {
 	var out []rawEntry
-	buf := make([]byte, 32*1024)
 	for {
 		n, err := unix.Getdents(fd, buf)
 		if err != nil {
@@ -60,6 +68,27 @@ func readLayerDir(l *layer, rel string) ([]rawEntry, error) {
 			out = append(out, rawEntry{name: name, ino: ino, typ: typ})
 		}
 	}
+}
+
+// readMergeSource reads one layer's copy of a directory for list, with
+// buf as getdents' buffer: one buffer serves every layer of a listing (a
+// 64-layer directory would otherwise leave 2 MiB of garbage each time it
+// is read). overrides reports an override_stat record on the directory,
+// as rootless stores give every entry: its empty files may then stand for
+// devices, so their d_type must come from their records.
+func readMergeSource(l *layer, rel string, buf []byte) (ents []rawEntry, overrides bool, err error) {
+	fd, err := openLayerDir(l, rel)
+	if err != nil {
+		return nil, false, err
+	}
+	defer unix.Close(fd)
+	// On the descriptor: a path would be looked up again, component by
+	// component, for every layer.
+	if _, err := unix.Fgetxattr(fd, statoverride.Xattr, nil); err == nil {
+		overrides = true
+	}
+	ents, err = readDirents(fd, buf)
+	return ents, overrides, err
 }
 
 func dtToMode(t uint8) uint32 {
@@ -107,10 +136,6 @@ func (u *union) list(n *node) (*listing, syscall.Errno) {
 		l   *layer
 		rel string
 		xwh bool
-		// overrides: the dir has an override_stat record, as rootless
-		// stores give every entry; its empty files may stand for
-		// devices, so d_type must come from their records.
-		overrides bool
 	}
 	var srcs []src
 	if hasUpper && u.upper != nil {
@@ -124,11 +149,9 @@ func (u *union) list(n *node) (*listing, syscall.Errno) {
 		srcs = append(srcs, src{l: u.lowers[ld.layer], rel: lowerRel, xwh: ld.xwh})
 	}
 	var index indexBuilder
+	buf := make([]byte, 32*1024)
 	for i, s := range srcs {
-		if _, err := getXattr(s.l.path(s.rel), statoverride.Xattr); err == nil {
-			s.overrides = true
-		}
-		ents, err := readLayerDir(s.l, s.rel)
+		ents, overrides, err := readMergeSource(s.l, s.rel, buf)
 		if err != nil {
 			if i == 0 {
 				return nil, toErrno(err)
@@ -151,7 +174,7 @@ func (u *union) list(n *node) (*listing, syscall.Errno) {
 			}
 			rel := join(s.rel, e.name)
 			mode := dtToMode(e.typ)
-			if e.typ == unix.DT_CHR || e.typ == unix.DT_UNKNOWN || (e.typ == unix.DT_REG && (s.xwh || s.overrides)) {
+			if e.typ == unix.DT_CHR || e.typ == unix.DT_UNKNOWN || (e.typ == unix.DT_REG && (s.xwh || overrides)) {
 				var st unix.Stat_t
 				if err := s.l.lstat(rel, &st); err != nil {
 					continue
@@ -161,7 +184,7 @@ func (u *union) list(n *node) (*listing, syscall.Errno) {
 					seen[e.name] = struct{}{}
 					continue
 				}
-				if s.overrides {
+				if overrides {
 					mode = presentedType(s.l.path(rel), &st)
 				}
 			}
@@ -202,7 +225,9 @@ func (u *union) list(n *node) (*listing, syscall.Errno) {
 // through the view (node.listGen) or the cache dropped it. The kernel
 // keeps the listings it has read itself (a directory it never opened is
 // cached as if opened with FOPEN_CACHE_DIR), so requests come only for
-// directories not read since they changed.
+// directories not read since they changed, or whose kernel copy was
+// reclaimed with the rest of the page cache: then the union's copy
+// answers without reading the layers again.
 
 // dirListing returns d's merged listing in cookie order.
 func (d *node) dirListing() (*listing, syscall.Errno) {
@@ -226,16 +251,6 @@ func (d *node) dirListing() (*listing, syscall.Errno) {
 	l.sortByCookie()
 	u.listings.put(slot, l, l.size())
 	return l, 0
-}
-
-// dropListing drops l, d's listing, from the mount's listing cache.
-func (d *node) dropListing(l *listing) {
-	d.mu.Lock()
-	slot := d.x.listing
-	d.mu.Unlock()
-	if slot != nil && slot.get() == l {
-		d.u.listings.drop(slot)
-	}
 }
 
 // dirChanged records that directory d's listing changed through the view.
@@ -328,9 +343,11 @@ func (d *node) readdir(off uint64, out *fuse.DirEntryList, plus bool) syscall.Er
 	attrs := plus && l.len() <= d.u.plusMax+2
 	i := l.after(off)
 	if i == l.len() {
-		// The end: the kernel has read (and kept) the whole listing,
-		// so the union's copy can go.
-		d.dropListing(l)
+		// The end. The listing stays in the cache all the same: the
+		// kernel keeps what it read only in page cache, which memory
+		// pressure (or a host's proactive reclaim) takes back within
+		// minutes, and reading a directory again from every layer
+		// costs far more than answering from the listing.
 		return 0
 	}
 	for ; i < l.len(); i++ {

@@ -176,3 +176,64 @@ func TestCookies(t *testing.T) {
 		}
 	}
 }
+
+// TestReaddirAfterReclaim: when the kernel's copy of a listing is gone
+// (page cache it keeps it in is reclaimed; here it is dropped with
+// POSIX_FADV_DONTNEED), reading the directory again is answered from the
+// union's own listing, not by reading every layer again. A name slipped
+// into a lower behind the union's back shows which: lowers never change
+// under a mount, so the union may serve what it read. A change made
+// through the view still shows at once.
+func TestReaddirAfterReclaim(t *testing.T) {
+	lowers, upper, work := layerDirs(t, 2)
+	for i, l := range lowers {
+		if err := genTree(filepath.Join(l, "big"), fmt.Sprintf("l%d-", i), 1, 300); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, mnt := mountServerT(t, Options{Lowers: lowers, Upper: upper, Work: work})
+	dir := filepath.Join(mnt, "big", "d0")
+	names := func() []string {
+		t.Helper()
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range ents {
+			out = append(out, e.Name())
+		}
+		return out
+	}
+	dropKernelCopy := func() {
+		t.Helper()
+		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		if err := unix.Fadvise(fd, 0, 0, unix.FADV_DONTNEED); err != nil {
+			t.Fatalf("fadvise %s: %v", dir, err)
+		}
+	}
+
+	first := names()
+	if len(first) != 600 {
+		t.Fatalf("%d names, want 600", len(first))
+	}
+	if err := os.WriteFile(filepath.Join(lowers[1], "big", "d0", "behind-the-back"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dropKernelCopy()
+	if again := names(); !slices.Equal(again, first) {
+		t.Errorf("read again after the kernel dropped its copy: %d names, want the %d read before (the layers were read again)", len(again), len(first))
+	}
+
+	if err := os.WriteFile(filepath.Join(dir, "through-the-view"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dropKernelCopy()
+	if after := names(); !slices.Contains(after, "through-the-view") || len(after) < len(first)+1 {
+		t.Errorf("after a create through the view: %d names, through-the-view shown: %v", len(after), slices.Contains(after, "through-the-view"))
+	}
+}

@@ -500,9 +500,10 @@ func presentedType(path string, st *unix.Stat_t) uint32 {
 // Most lookups follow a listing of their directory closely (ls -l, find,
 // and READDIRPLUS itself), so a few recent indexes serve them.
 // maxListingBytes bounds the listings (about 21 bytes and the name per
-// entry): the kernel keeps what it read, so a listing is needed only while
-// the kernel reads it (it goes when the kernel reads past its end), or
-// again after the kernel dropped its copy.
+// entry): the kernel keeps what it read, but in page cache, so a listing
+// is needed while the kernel reads it and again whenever reclaim took the
+// kernel's copy (on a busy or memory-managed host, within minutes); the
+// least recently used go first.
 const (
 	maxIndexBytes   = 3 << 20
 	maxListingBytes = 4 << 20
