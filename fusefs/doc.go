@@ -185,9 +185,11 @@
 // A directory's name index (below) is one sorted string with offsets and
 // a layer bitmask per name (about 13 bytes and the name); all of a
 // mount's indexes share 3 MiB and the least recently used go past it.
-// Listings are packed the same way (about 21 bytes and the name), share
-// 4 MiB, and go as soon as the kernel has read one to its end (it keeps
-// its own copy). Daemons run the garbage collector at GOGC=25 (TuneGC):
+// Listings are packed the same way (about 21 bytes and the name) and
+// share 4 MiB. The kernel keeps its own copy of a listing it read, but in
+// page cache, which reclaim takes back (on a shared host within a minute,
+// with gigabytes free): the union's copy then answers, rather than every
+// layer being read again. Daemons run the garbage collector at GOGC=25 (TuneGC):
 // their heap is mostly that node state, which the default 100 would let
 // double before collecting.
 //
@@ -198,7 +200,7 @@
 // kernel), and lower files keep their page cache across opens
 // (keep_cache). Directories are never opened (OPENDIR answers ENOSYS), so
 // opendir and closedir cost no round trip and the kernel caches every
-// directory's listing until it changes. READDIRPLUS answers with every
+// directory's listing until it changes or is reclaimed. READDIRPLUS answers with every
 // entry's attributes in directories of up to 8192 names, so ls -l, find,
 // du or tar make no LOOKUP per name (READDIRPLUS_AUTO would give them
 // for the first few dozen names only); a bigger directory is listed
