@@ -223,19 +223,16 @@ func evict(name string) error {
 	return nil
 }
 
-func dropCaches() error {
-	unix.Sync()
-	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0); err != nil {
-		return fmt.Errorf("drop page cache: %w", err)
-	}
-	return nil
-}
+// dropCaches drops the whole page cache: data, dentries and inodes.
+func dropCaches() error { return writeDropCaches("3", "page cache") }
 
 // dropDentries drops the dentry and inode caches, not the data.
-func dropDentries() error {
+func dropDentries() error { return writeDropCaches("2", "dentries and inodes") }
+
+func writeDropCaches(value, what string) error {
 	unix.Sync()
-	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("2\n"), 0); err != nil {
-		return fmt.Errorf("drop dentries and inodes: %w", err)
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte(value+"\n"), 0); err != nil {
+		return fmt.Errorf("drop %s: %w", what, err)
 	}
 	return nil
 }

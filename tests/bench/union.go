@@ -342,12 +342,14 @@ func (b *unionBench) measureRow(ctx context.Context, w *unionWorkload) (*unionRo
 			return nil, err
 		}
 	}
+	groups := [][]unionKind{unionKinds}
 	if !w.cold && !w.write {
-		if err := b.kernelFirst(ctx, cand(kindKernel)); err != nil {
+		order, err := b.kernelFirst()
+		if err != nil {
 			return nil, err
 		}
+		groups = [][]unionKind{order}
 	}
-	groups := [][]unionKind{unionKinds}
 	if w.plainLast {
 		groups = [][]unionKind{{kindUnion, kindKernel, kindFuseOv}, {kindPlain}}
 	}
@@ -397,7 +399,8 @@ func (b *unionBench) measureRow(ctx context.Context, w *unionWorkload) (*unionRo
 }
 
 // kernelFirst readies the dentry cache for a warm row so that it favours
-// no candidate. A walk of the kernel overlay leaves a negative dentry for
+// no candidate, and returns the order the row's candidates go in (and so
+// warm up in). A walk of the kernel overlay leaves a negative dentry for
 // every name in every layer that lacks it (6.3 million for the 64-layer
 // stack), and the kernel's dentry hash chains are newest first: a dentry
 // made before those sits behind them in its chain, and walks through it
@@ -405,17 +408,20 @@ func (b *unionBench) measureRow(ctx context.Context, w *unionWorkload) (*unionRo
 // dir (walked in an earlier row) paid that in every 64-layer warm row and
 // fuse-overlayfs, warmed up after the kernel overlay, did not. So the
 // dentries and inodes go first (drop_caches 2; the data stays cached) and
-// the kernel overlay runs once before the others' warm-ups.
-func (b *unionBench) kernelFirst(ctx context.Context, kernel candidate) error {
+// the kernel overlay warms up before the others.
+func (b *unionBench) kernelFirst() ([]unionKind, error) {
 	if b.h.cache.canDrop {
 		if err := dropDentries(); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	if _, _, err := b.h.timed(ctx, kernel, -1, cacheState{}); err != nil {
-		return fmt.Errorf("warm-up %s: %w", kernel.name, err)
+	order := []unionKind{kindKernel}
+	for _, k := range unionKinds {
+		if k != kindKernel {
+			order = append(order, k)
+		}
 	}
-	return nil
+	return order, nil
 }
 
 // dropsSoFar is how many times the page cache (pagecache) and the
