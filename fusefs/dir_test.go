@@ -179,8 +179,8 @@ func TestCookies(t *testing.T) {
 
 // TestReaddirAfterReclaim: when the kernel's copy of a listing is gone
 // (it lives in page cache, which reclaim takes back; here it is dropped
-// with POSIX_FADV_DONTNEED), reading the directory again is answered from the
-// union's own listing, not by reading every layer again. A name slipped
+// with POSIX_FADV_DONTNEED), reading the directory again is answered from
+// the union's own listing, not by reading every layer again. A name slipped
 // into a lower behind the union's back shows which: lowers never change
 // under a mount, so the union may serve what it read. A change made
 // through the view still shows at once.

@@ -189,9 +189,9 @@
 // share 4 MiB. The kernel keeps its own copy of a listing it read, but in
 // page cache, which reclaim takes back (on a shared host within a minute,
 // with gigabytes free): the union's copy then answers, rather than every
-// layer being read again. Daemons run the garbage collector at GOGC=25 (TuneGC):
-// their heap is mostly that node state, which the default 100 would let
-// double before collecting.
+// layer being read again. Daemons run the garbage collector at GOGC=25
+// (TuneGC): their heap is mostly that node state, which the default 100
+// would let double before collecting.
 //
 // # Speed
 //
@@ -200,13 +200,13 @@
 // kernel), and lower files keep their page cache across opens
 // (keep_cache). Directories are never opened (OPENDIR answers ENOSYS), so
 // opendir and closedir cost no round trip and the kernel caches every
-// directory's listing until it changes or is reclaimed. READDIRPLUS answers with every
-// entry's attributes in directories of up to 8192 names, so ls -l, find,
-// du or tar make no LOOKUP per name (READDIRPLUS_AUTO would give them
-// for the first few dozen names only); a bigger directory is listed
-// without them, as ls of a huge directory only wants names. The first
-// stat or copy-up of a multiply-linked lower file walks its layer once
-// (see above). A readdir indexes each lower directory's names so the
+// directory's listing until it changes or is reclaimed. READDIRPLUS
+// answers with every entry's attributes in directories of up to 8192
+// names, so ls -l, find, du or tar make no LOOKUP per name
+// (READDIRPLUS_AUTO would give them for the first few dozen names only);
+// a bigger directory is listed without them, as ls of a huge directory
+// only wants names. The first stat or copy-up of a multiply-linked lower
+// file walks its layer once (see above). A readdir indexes each lower directory's names so the
 // lookups that follow skip one stat per layer; a lookup reads no whole
 // directory except a small one spread over three or more lower layers.
 // Whether a lower object has xattrs at all is remembered, so the kernel's
